@@ -1,0 +1,406 @@
+"""The `transformers` backend: Qwen2.5-VL (or any image-text-to-text model) via `AutoProcessor`.
+
+Frames arrive decoded; they go through `qwen_vl_utils.process_vision_info` with their sampling
+rate as video metadata, so `second_per_grid_ts` is right. Only workers import this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network unless asked to
+os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")  # read before qwen_vl_utils import
+
+import torch  # noqa: E402
+from qwen_vl_utils import process_vision_info  # noqa: E402
+from qwen_vl_utils.vision_process import smart_resize  # noqa: E402
+
+from egoqa.backends.base import Frames, GenerationSettings, Request, Result  # noqa: E402
+from egoqa.errors import ConfigError, ModelLoadError, OutOfMemory  # noqa: E402
+
+INJECT_OOM_ENV = "EGOQA_INJECT_OOM_ABOVE"
+PATCH_SIZE, MERGE_SIZE = 14, 2
+FACTOR = PATCH_SIZE * MERGE_SIZE  # frame sides must be multiples of 28
+DEFAULT_MIN_PIXELS = 4 * FACTOR * FACTOR  # the checkpoint's own minimum (3136)
+DEFAULT_MAX_PIXELS = 768 * FACTOR * FACTOR  # qwen-vl-utils' per-frame video maximum
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "defaultcpuallocator")
+
+
+@dataclass
+class _Row:
+    """One generated sequence: sample `sample` of request `index`."""
+
+    index: int
+    sample: int
+    conversation: list[dict[str, Any]]
+    frames: Frames | None
+
+
+@dataclass
+class _Output:
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    completion_tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    visual_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TransformersBackend:
+    """Batched generation with `AutoModelForImageTextToText`, left padding, greedy or sampled."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        device: str = "auto",
+        device_map: str | None = None,
+        trust_remote_code: bool = False,
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+    ) -> None:
+        self.model_id = str(model)
+        self.min_pixels = min_pixels or DEFAULT_MIN_PIXELS
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+        if self.max_pixels < self.min_pixels:
+            raise ConfigError(f"max_pixels {self.max_pixels} is below min_pixels {self.min_pixels}")
+        load = {"trust_remote_code": trust_remote_code, "local_files_only": _offline()}
+        self.processor = _load_processor(self.model_id, load)
+        self.model = _load_model(self.model_id, dtype, attn_implementation, device_map, load)
+        if device_map is None:
+            self.model.to(_resolve_device(device))
+        self.device = _device_name(next(self.model.parameters()).device)
+        self.video_token_id = getattr(self.model.config, "video_token_id", None)
+
+    # --- Backend protocol ----------------------------------------------------------------------
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """One `Result` per request; raises `OutOfMemory` (after freeing memory) when it does not fit."""
+        if not requests:
+            return []
+        start = time.perf_counter()
+        try:
+            _inject_oom(len(requests))
+            outputs = self._generate_all(requests)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc):
+                raise
+            self.clear_memory()
+            raise OutOfMemory(
+                f"a batch of {len(requests)} requests did not fit in {self.device} memory "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                "split the batch or lower max_pixels / frames"
+            ) from exc
+        latency = time.perf_counter() - start
+        return [_result(out, latency, len(requests)) for out in outputs]
+
+    def free_memory_bytes(self) -> int | None:
+        if self.device.startswith("cuda"):
+            return int(torch.cuda.mem_get_info(torch.device(self.device))[0])
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+
+    def clear_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _generate_all(self, requests: list[Request]) -> list[_Output]:
+        outputs = [_Output() for _ in requests]
+        groups = _group_rows(requests, self.min_pixels, self.max_pixels)
+        for settings, rows in groups.items():
+            self._generate_group(settings, rows, outputs)
+        return outputs
+
+    def _generate_group(
+        self, settings: GenerationSettings, rows: list[_Row], outputs: list[_Output]
+    ) -> None:
+        inputs, video_extras = self._encode(rows)
+        config = self._generation_config(settings)
+        torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            sequences = self.model.generate(**inputs, generation_config=config)
+        prompt_len = inputs["input_ids"].shape[1]
+        eos_ids = _eos_ids(config, self.processor.tokenizer)
+        extras = iter(video_extras)  # one per video row, in row order
+        for i, row in enumerate(rows):
+            out = outputs[row.index]
+            self._record(out, inputs, i, sequences[i, prompt_len:].tolist(), eos_ids)
+            if row.frames is not None:
+                out.extra.update(next(extras))
+
+    def _encode(self, rows: list[_Row]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        conversations = [row.conversation for row in rows]
+        texts = [
+            self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        kwargs: dict[str, Any] = {}
+        if any(row.frames is not None for row in rows):
+            videos, metadata = video_inputs(conversations)
+            kwargs = {"videos": videos, "video_metadata": metadata, "do_sample_frames": False}
+        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
+        extras = _video_extras(inputs) if kwargs else []
+        return inputs.to(self.model.device), extras
+
+    def _generation_config(self, settings: GenerationSettings):
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens = settings.max_new_tokens
+        config.do_sample = settings.do_sample
+        if settings.do_sample:
+            config.temperature, config.top_p = settings.temperature, settings.top_p
+            config.top_k = settings.top_k
+        else:  # the checkpoint's sampling defaults would only draw warnings under greedy search
+            config.temperature = config.top_p = config.top_k = None
+        if config.pad_token_id is None:
+            config.pad_token_id = self.processor.tokenizer.pad_token_id
+        return config
+
+    def _record(
+        self, out: _Output, inputs, i: int, generated: list[int], eos_ids: set[int]
+    ) -> None:
+        tokens, stopped = _until_eos(generated, eos_ids)
+        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        out.texts.append(text)
+        out.finish_reasons.append(finish_reason(text, stopped))
+        out.completion_tokens.append(len(tokens) + int(stopped))
+        out.prompt_tokens = int(inputs["attention_mask"][i].sum())
+        if self.video_token_id is not None:
+            out.visual_tokens = int((inputs["input_ids"][i] == self.video_token_id).sum())
+
+
+# --- requests to chat rows ---------------------------------------------------------------------
+
+
+def _group_rows(
+    requests: list[Request], min_pixels: int, max_pixels: int
+) -> dict[GenerationSettings, list[_Row]]:
+    """Rows grouped by generation settings (one `model.generate` each); n samples are n rows."""
+    groups: dict[GenerationSettings, list[_Row]] = {}
+    for index, request in enumerate(requests):
+        conversation = conversation_for(request, min_pixels, max_pixels)
+        for sample in range(max(1, request.samples)):
+            row = _Row(index, sample, conversation, request.frames)
+            groups.setdefault(request.generation, []).append(row)
+    return groups
+
+
+def conversation_for(
+    request: Request, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[dict[str, Any]]:
+    """The chat for one request: optional system message, then the video (if any) and the text."""
+    content: list[dict[str, Any]] = []
+    if request.frames is not None:
+        content.append(video_item(request.frames, min_pixels, max_pixels))
+    content.append({"type": "text", "text": request.prompt})
+    messages: list[dict[str, Any]] = []
+    if request.system is not None:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def video_item(
+    frames: Frames, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, Any]:
+    """A chat video item holding decoded frames, pinned to the size the model will see.
+
+    The per-frame bounds are set to exactly that size, so qwen-vl-utils neither upscales small
+    frames (its default minimum is 100,352 pixels) nor shrinks them.
+    """
+    from PIL import Image
+
+    height, width = frames.array.shape[1:3]
+    target_h, target_w = frame_size(height, width, min_pixels, max_pixels)
+    pixels = target_h * target_w
+    return {
+        "type": "video",
+        "video": [Image.fromarray(frame) for frame in frames.array],
+        "sample_fps": float(frames.fps),
+        "resized_height": target_h,
+        "resized_width": target_w,
+        "min_pixels": pixels,
+        "max_pixels": pixels,
+    }
+
+
+def frame_size(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) as multiples of 28 within the pixel bounds, aspect kept (Qwen's rule)."""
+    return smart_resize(height, width, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def video_inputs(conversations: list[list[dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
+    """(videos, metadata) for the processor, in the order the video items appear.
+
+    qwen-vl-utils 0.0.14 resizes each listed frame to a multiple of 56 before the video is
+    resized to its final multiple of 28 (it passes the merged patch size, 28, as the patch size),
+    which squashes and re-stretches e.g. 252-pixel sides. Passing half the patch size makes that
+    first step land on the final size, so each frame is resampled once (or not at all).
+    """
+    _, videos, _ = process_vision_info(
+        conversations,
+        return_video_kwargs=True,
+        return_video_metadata=True,
+        image_patch_size=PATCH_SIZE // 2,
+    )
+    videos = videos or []
+    return [v for v, _ in videos], [m for _, m in videos]
+
+
+def _video_extras(inputs) -> list[dict[str, Any]]:
+    grids = inputs["video_grid_thw"].tolist()
+    seconds = [float(s) for s in inputs["second_per_grid_ts"]]
+    return [{"second_per_grid_ts": s, "video_grid_thw": g} for s, g in zip(seconds, grids)]
+
+
+def finish_reason(text: str, stopped: bool) -> str:
+    """"empty" for a blank text, else "stop" when an end token was generated, else "length"."""
+    if not text.strip():
+        return "empty"
+    return "stop" if stopped else "length"
+
+
+def _until_eos(generated: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    for position, token in enumerate(generated):
+        if token in eos_ids:
+            return generated[:position], True
+    return generated, False
+
+
+def _result(out: _Output, latency: float, batch_size: int) -> Result:
+    return Result(
+        texts=out.texts,
+        finish_reasons=out.finish_reasons,
+        prompt_tokens=out.prompt_tokens,
+        visual_tokens=out.visual_tokens,
+        completion_tokens=out.completion_tokens,
+        latency_s=latency,
+        batch_size=batch_size,
+        extra=out.extra,
+    )
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep in model[:1]
+
+
+def _check_model_path(model: str) -> None:
+    path = Path(model).expanduser()
+    if path.exists():
+        return
+    if _looks_like_path(model):
+        raise ModelLoadError(
+            f"model path {model} does not exist; pass an existing checkpoint directory "
+            "(build the tiny one with egoqa.tinymodel.build_tiny_model) or a hub id"
+        )
+
+
+def _load_error(model: str, exc: Exception) -> ModelLoadError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = " (offline: download it first, or set HF_HUB_OFFLINE=0)" if _offline() else ""
+    return ModelLoadError(f"cannot load model {model!r}{hint}: {first}")
+
+
+def _load_processor(model: str, load: dict[str, Any]):
+    from transformers import AutoProcessor
+
+    _check_model_path(model)
+    try:
+        return AutoProcessor.from_pretrained(model, padding_side="left", **load)
+    except Exception as exc:  # OSError, ValueError, EnvironmentError: all mean "not loadable"
+        raise _load_error(model, exc) from exc
+
+
+def _load_model(
+    model: str,
+    dtype: str,
+    attn_implementation: str | None,
+    device_map: str | None,
+    load: dict[str, Any],
+):
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = dict(load, dtype=_torch_dtype(dtype))
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return AutoModelForImageTextToText.from_pretrained(model, **kwargs).eval()
+    except Exception as exc:
+        if is_oom(exc):
+            raise OutOfMemory(f"model {model!r} does not fit in memory: {exc}") from exc
+        raise _load_error(model, exc) from exc
+
+
+def _torch_dtype(dtype: str):
+    if dtype == "auto":
+        return "auto"
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return str(device)
+
+
+def _eos_ids(generation_config, tokenizer) -> set[int]:
+    eos = generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+# --- out of memory -----------------------------------------------------------------------------
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors and CPU allocator failures."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+def _inject_oom(batch: int) -> None:
+    """Test hook: `EGOQA_INJECT_OOM_ABOVE=k` makes batches larger than k fail like a CUDA OOM."""
+    value = os.environ.get(INJECT_OOM_ENV)
+    if not value:
+        return
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ConfigError(f"{INJECT_OOM_ENV}={value!r} is not an integer") from None
+    if batch > limit:
+        raise torch.cuda.OutOfMemoryError(
+            f"CUDA out of memory (injected by {INJECT_OOM_ENV}={limit} for a batch of {batch})"
+        )

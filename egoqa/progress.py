@@ -1,0 +1,83 @@
+"""One progress display for all workers of a model: done / total, rate, ETA, failures (stderr)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from egoqa.store.db import Database
+
+
+@dataclass
+class Counts:
+    done: int
+    failed: int
+    total: int
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+
+def counts(db: Database, model: str | None) -> Counts:
+    where = "WHERE model = :m" if model else ""
+    with db.read() as cur:
+        rows = dict(
+            cur.all(f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state", {"m": model})
+        )
+    done, failed = rows.get("done", 0), rows.get("failed", 0)
+    return Counts(done, failed, sum(v for k, v in rows.items() if k != "cancelled"))
+
+
+class ProgressView:
+    """Polls the database; draws a rich progress bar on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, db: Database, model: str | None, console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.db, self.model, self.console = db, model, console
+        self.start = time.time()
+        first = counts(db, model)
+        self.base = first.finished
+        self.last_line = 0.0
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[failed]}"),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task(
+            model or "jobs", total=first.total, completed=first.finished, rate="", failed=""
+        )
+        self.progress.start()
+
+    def tick(self) -> Counts:
+        c = counts(self.db, self.model)
+        elapsed = max(1e-6, time.time() - self.start)
+        rate = (c.finished - self.base) / elapsed
+        failed = f"[red]{c.failed} failed" if c.failed else ""
+        self.progress.update(
+            self.task, total=c.total, completed=c.finished, rate=f"{rate:.2f} jobs/s", failed=failed
+        )
+        if not self.console.is_terminal and time.time() - self.last_line > 10:
+            self.last_line = time.time()
+            self.console.print(
+                f"{c.finished}/{c.total} jobs ({c.failed} failed), {rate:.2f} jobs/s"
+            )
+        return c
+
+    def close(self) -> Counts:
+        c = self.tick()
+        self.progress.stop()
+        return c

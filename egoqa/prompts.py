@@ -1,0 +1,243 @@
+"""Prompt styles as data: an ordered list of turns, loaded from TOML (shipped or the user's own).
+
+Each turn says what it shows the model (no media, the clip's sampled frames, or frames inside
+the segments an earlier turn chose), whether it reads the query, which earlier turns' chosen
+responses it embeds, how many samples to draw and how to pick one, an optional model override,
+and whether it is graded. A turn that reads neither the query nor a query-dependent turn is
+per-clip: computed once per clip and shared by every query on it.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from egoqa.errors import StyleError
+
+MEDIA = ("none", "frames", "segments")
+SELECT_RULES = ("first", "longest", "consensus", "format:intervals")
+BUILTIN_FIELDS = ("query", "timestamps", "intervals", "duration", "num_frames")
+_TURN_KEYS = {
+    "name",
+    "template",
+    "media",
+    "segments_from",
+    "reads_query",
+    "reads",
+    "samples",
+    "select",
+    "model",
+    "sampler",
+    "graded",
+    "max_new_tokens",
+    "system",
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    name: str
+    template: str
+    media: str = "none"
+    segments_from: str | None = None
+    reads_query: bool = False
+    reads: tuple[str, ...] = ()
+    samples: int = 1
+    select: tuple[str, ...] = ("first",)
+    model: str | None = None
+    sampler: dict[str, Any] = field(default_factory=dict)
+    graded: bool = False
+    max_new_tokens: int | None = None
+    system: str | None = None
+
+    def placeholders(self) -> set[str]:
+        return {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    description: str
+    turns: tuple[Turn, ...]
+
+    @property
+    def graded(self) -> Turn:
+        return next(t for t in self.turns if t.graded)
+
+    def turn(self, name: str) -> Turn:
+        return next(t for t in self.turns if t.name == name)
+
+    def index(self, name: str) -> int:
+        return next(i for i, t in enumerate(self.turns) if t.name == name)
+
+    def per_clip(self) -> dict[str, bool]:
+        """Which turns are shared by every query on a clip."""
+        out: dict[str, bool] = {}
+        for t in self.turns:
+            parents = list(t.reads) + ([t.segments_from] if t.segments_from else [])
+            out[t.name] = not t.reads_query and all(out[p] for p in parents)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "turns": [
+                t.__dict__ | {"reads": list(t.reads), "select": list(t.select)} for t in self.turns
+            ],
+        }
+
+
+def style_names() -> list[str]:
+    files = resources.files("egoqa") / "styles"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load_style(name_or_path: str) -> Style:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise StyleError(
+                f"style file {path} does not exist: use one of {', '.join(style_names())} or a TOML file"
+            )
+        text, origin = path.read_text(), str(path)
+    else:
+        res = resources.files("egoqa") / "styles" / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise StyleError(
+                f"unknown prompt style {name_or_path!r}: use one of {', '.join(style_names())} or a path to a TOML file"
+            )
+        text, origin = res.read_text(), f"style {name_or_path}"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StyleError(f"{origin} is not valid TOML: {exc}") from None
+    return parse_style(data, origin)
+
+
+def parse_style(data: dict, origin: str = "style") -> Style:
+    turns_data = data.get("turns")
+    if not isinstance(turns_data, list) or not turns_data:
+        raise StyleError(f"{origin}: a style needs at least one [[turns]] table")
+    turns = tuple(_parse_turn(t, i, origin) for i, t in enumerate(turns_data))
+    style = Style(
+        str(data.get("name") or Path(origin).stem), str(data.get("description", "")), turns
+    )
+    _validate(style, origin)
+    return style
+
+
+def _parse_turn(d: Any, i: int, origin: str) -> Turn:
+    if not isinstance(d, dict):
+        raise StyleError(f"{origin}: turn {i + 1} must be a table")
+    unknown = set(d) - _TURN_KEYS
+    if unknown:
+        raise StyleError(
+            f"{origin}: turn {i + 1} has unknown keys {sorted(unknown)}; allowed: {sorted(_TURN_KEYS)}"
+        )
+    for req in ("name", "template"):
+        if not isinstance(d.get(req), str) or not d[req]:
+            raise StyleError(f"{origin}: turn {i + 1} needs a {req!r} string")
+    try:
+        return Turn(
+            name=d["name"],
+            template=d["template"],
+            media=d.get("media", "none"),
+            segments_from=d.get("segments_from"),
+            reads_query=bool(d.get("reads_query", False)),
+            reads=tuple(d.get("reads", ())),
+            samples=int(d.get("samples", 1)),
+            select=tuple(d.get("select", ("first",))),
+            model=d.get("model"),
+            sampler=dict(d.get("sampler", {})),
+            graded=bool(d.get("graded", False)),
+            max_new_tokens=d.get("max_new_tokens"),
+            system=d.get("system"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise StyleError(f"{origin}: turn {d['name']!r}: {exc}") from None
+
+
+def _validate(style: Style, origin: str) -> None:
+    seen: list[str] = []
+    for t in style.turns:
+        where = f"{origin}: turn {t.name!r}"
+        if t.name in seen or t.name in BUILTIN_FIELDS:
+            raise StyleError(f"{where}: duplicate or reserved turn name")
+        if t.media not in MEDIA:
+            raise StyleError(f"{where}: media must be one of {', '.join(MEDIA)}, not {t.media!r}")
+        if t.media == "segments" and t.segments_from not in seen:
+            raise StyleError(
+                f"{where}: media 'segments' needs segments_from naming an earlier turn"
+            )
+        if t.segments_from and t.media != "segments":
+            raise StyleError(f"{where}: segments_from only goes with media = 'segments'")
+        for r in t.reads:
+            if r not in seen:
+                raise StyleError(
+                    f"{where}: reads {r!r}, which is not an earlier turn ({', '.join(seen) or 'none'})"
+                )
+        if t.samples < 1 or t.samples > 64:
+            raise StyleError(f"{where}: samples must be between 1 and 64")
+        bad_rules = [r for r in t.select if r not in SELECT_RULES]
+        if bad_rules:
+            raise StyleError(
+                f"{where}: unknown select rule(s) {bad_rules}; allowed: {', '.join(SELECT_RULES)}"
+            )
+        allowed = set(BUILTIN_FIELDS) - ({"query"} if not t.reads_query else set()) | set(t.reads)
+        unknown = t.placeholders() - allowed
+        if unknown:
+            raise StyleError(
+                f"{where}: template uses {sorted(unknown)}; allowed here: {sorted(allowed)}"
+            )
+        seen.append(t.name)
+    if sum(t.graded for t in style.turns) != 1:
+        raise StyleError(f"{origin}: exactly one turn must have graded = true")
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def fmt_time(t: float) -> str:
+    r = round(t, 1)
+    return f"{int(r)}s" if r == int(r) else f"{r}s"
+
+
+def render(
+    turn: Turn,
+    *,
+    query: str | None,
+    timestamps: list[float],
+    duration: float,
+    parents: dict[str, str],
+) -> str:
+    """Fill a turn's template: the query, frame timestamps, and the chosen responses it reads."""
+    return render_template(
+        turn.template, query=query, timestamps=timestamps, duration=duration, parents=parents
+    )
+
+
+def render_template(
+    template: str,
+    *,
+    query: str | None,
+    timestamps: list[float],
+    duration: float,
+    parents: dict[str, str],
+) -> str:
+    values = {
+        "query": query or "",
+        "timestamps": ", ".join(fmt_time(t) for t in timestamps),
+        "intervals": "\n".join(
+            f"{fmt_time(a)} - {fmt_time(b)}"
+            for a, b in zip(timestamps, timestamps[1:], strict=False)
+        ),
+        "duration": fmt_time(duration),
+        "num_frames": str(len(timestamps)),
+        **parents,
+    }
+    return template.format_map(values)

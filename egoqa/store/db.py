@@ -1,0 +1,328 @@
+"""Opening a database: URLs, SQLite pragmas and write transactions, schema checks, migrations.
+
+SQLite follows SQLAlchemy's documented recipe: the driver's own transaction handling is
+switched off and every transaction is opened explicitly, `BEGIN IMMEDIATE` for writes, so two
+workers can never both read a job as ready and both claim it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from egoqa.errors import DatabaseError, SchemaMismatch
+
+DEFAULT_DB = "egoqa.db"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def resolve_url(db: str | os.PathLike | None) -> str:
+    """A path or URL (or $EGOQA_DB, or ./egoqa.db) as a SQLAlchemy URL string."""
+    db = str(db or os.environ.get("EGOQA_DB") or DEFAULT_DB)
+    if "://" not in db:
+        return "sqlite:///" + str(Path(db).expanduser().absolute())
+    try:
+        make_url(db)
+    except ArgumentError as exc:
+        raise DatabaseError(f"cannot parse database URL {db!r}: {exc}") from None
+    return db
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def _check_sqlite_location(path: Path, readonly: bool) -> None:
+    if not path.parent.is_dir():
+        raise DatabaseError(
+            f"database directory {path.parent} does not exist: create it or pass --db with "
+            "an existing directory"
+        )
+    if readonly and not path.exists():
+        raise DatabaseError(f"no database at {path}: run `egoqa enqueue` first or pass --db")
+    if not readonly and path.exists() and not os.access(path, os.W_OK):
+        raise DatabaseError(
+            f"database {path} is read-only: make it writable, or use `egoqa sql`/`report` to read it"
+        )
+
+
+def _sqlite_connect_factory(path: Path, readonly: bool):
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    return connect
+
+
+def _make_sqlite_engine(url: str, path: Path, readonly: bool) -> Engine:
+    _check_sqlite_location(path, readonly)
+    engine = create_engine("sqlite://", creator=_sqlite_connect_factory(path, readonly))
+    engine.url = make_url(url)  # what the user sees in messages
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        if conn.get_execution_options().get("egoqa_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _make_server_engine(url: str, readonly: bool) -> Engine:
+    kwargs: dict = {"pool_pre_ping": True}
+    if readonly and make_url(url).get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+    try:
+        return create_engine(url, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise DatabaseError(
+            f"no driver for {make_url(url).get_backend_name()} ({exc.name}): "
+            "pip install 'egoqa[postgres]'"
+        ) from None
+
+
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
+    path = sqlite_path(url)
+    if path is not None:
+        return _make_sqlite_engine(url, path, readonly)
+    return _make_server_engine(url, readonly)
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def _migration_dirs() -> tuple[Path, Path]:
+    pkg = Path(__file__).resolve().parent.parent
+    installed = (pkg / "_alembic", pkg / "_migrations")
+    if installed[0].is_dir():
+        return installed
+    return pkg.parent / "alembic", pkg.parent / "migrations"
+
+
+def alembic_config(url: str, engine: Engine | None = None):
+    from alembic.config import Config
+
+    script_dir, versions_dir = _migration_dirs()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_dir))
+    cfg.set_main_option("version_locations", str(versions_dir))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["url"] = url
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from sqlalchemy import inspect, text
+
+    with engine.connect().execution_options(egoqa_read=True) as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(engine: Engine, url: str) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url, engine), "head")
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    current: str | None
+    head: str
+
+    @property
+    def ok(self) -> bool:
+        return self.current == self.head
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    return SchemaState(current_revision(engine), head_revision())
+
+
+def ensure_schema(engine: Engine, url: str, *, create: bool) -> None:
+    """Upgrade when `create` (enqueue) and the schema is missing or old; else refuse a mismatch."""
+    from alembic.script import ScriptDirectory
+
+    state = schema_state(engine)
+    if state.ok:
+        return
+    script = ScriptDirectory.from_config(alembic_config(url))
+    known = {rev.revision for rev in script.walk_revisions()}
+    if state.current is not None and state.current not in known:
+        raise SchemaMismatch(
+            f"database schema {state.current} is newer than this egoqa (head {state.head}): "
+            "upgrade egoqa (pip install -U egoqa) to use this database"
+        )
+    if create:
+        upgrade(engine, url)
+        return
+    if state.current is None:
+        raise SchemaMismatch(
+            f"{engine.url} holds no egoqa schema: run `egoqa enqueue` or `egoqa db upgrade` first"
+        )
+    raise SchemaMismatch(
+        f"database schema {state.current} is older than this egoqa ({state.head}): "
+        "run `egoqa db upgrade`"
+    )
+
+
+# --- the handle every command uses ------------------------------------------------------------
+
+_PARAM = __import__("re").compile(r"(?<![:\w]):(\w+)")
+
+
+class Database:
+    """An engine plus raw-cursor transactions for the hot paths (the queue's SQL).
+
+    SQL is written once with `:name` parameters (sqlite3's named style) and converted to
+    psycopg's `%(name)s` for PostgreSQL.
+    """
+
+    def __init__(self, url: str, engine: Engine, readonly: bool = False) -> None:
+        self.url = url
+        self.engine = engine
+        self.readonly = readonly
+        self.dialect = engine.dialect.name
+        self._converted: dict[str, str] = {}
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def sql(self, stmt: str) -> str:
+        if self.is_sqlite:
+            return stmt
+        out = self._converted.get(stmt)
+        if out is None:
+            out = self._converted[stmt] = _PARAM.sub(r"%(\1)s", stmt)
+        return out
+
+    @contextmanager
+    def _transaction(self, begin: str):
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if self.is_sqlite:
+                cur.execute(begin)
+            try:
+                yield Cursor(self, cur)
+            except BaseException:
+                raw.rollback()
+                raise
+            if self.is_sqlite:
+                cur.execute("COMMIT")
+            else:
+                raw.commit()
+        except sqlite3.OperationalError as exc:
+            raise _friendly_sqlite_error(exc, self.url) from None
+        finally:
+            raw.close()
+
+    def write(self):
+        """A write transaction (`BEGIN IMMEDIATE` on SQLite)."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def read(self):
+        return self._transaction("BEGIN")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Cursor:
+    """A DBAPI cursor that takes `:name` SQL on every backend."""
+
+    def __init__(self, db: Database, cur) -> None:
+        self.db = db
+        self.raw = cur
+
+    def execute(self, stmt: str, params: dict | None = None):
+        self.raw.execute(self.db.sql(stmt), params or {})
+        return self.raw
+
+    def executemany(self, stmt: str, rows: list[dict]) -> None:
+        if rows:
+            self.raw.executemany(self.db.sql(stmt), rows)
+
+    def all(self, stmt: str, params: dict | None = None) -> list[tuple]:
+        return self.execute(stmt, params).fetchall()
+
+    def one(self, stmt: str, params: dict | None = None):
+        row = self.execute(stmt, params).fetchone()
+        return None if row is None else row[0]
+
+    @property
+    def rowcount(self) -> int:
+        return self.raw.rowcount
+
+
+def _friendly_sqlite_error(exc: sqlite3.OperationalError, url: str) -> DatabaseError:
+    msg = str(exc)
+    if "readonly" in msg:
+        return DatabaseError(f"cannot write to {url}: the file is read-only — make it writable")
+    if "disk is full" in msg or "disk I/O error" in msg:
+        return DatabaseError(
+            f"cannot write to {url} ({msg}): free disk space or check the device; "
+            "work already written is safe"
+        )
+    if "unable to open" in msg:
+        return DatabaseError(f"cannot open {url} ({msg}): check the path and its permissions")
+    return DatabaseError(f"database error on {url}: {msg}")
+
+
+def open_db(
+    db: str | os.PathLike | None = None, *, create: bool = False, readonly: bool = False
+) -> Database:
+    """Open (and with `create`, create or upgrade) a database; refuse a schema mismatch."""
+    url = resolve_url(db)
+    engine = make_engine(url, readonly=readonly)
+    try:
+        ensure_schema(engine, url, create=create and not readonly)
+    except sqlite3.OperationalError as exc:
+        raise _friendly_sqlite_error(exc, url) from None
+    except Exception as exc:
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(exc, OperationalError):
+            orig = exc.orig
+            if isinstance(orig, sqlite3.OperationalError):
+                raise _friendly_sqlite_error(orig, url) from None
+            raise DatabaseError(f"cannot open {url}: {str(orig).strip().splitlines()[0]}") from None
+        raise
+    return Database(url, engine, readonly)

@@ -1,0 +1,200 @@
+"""SQLAlchemy 2 models: the schema the migrations create.
+
+Times are UTC seconds since the epoch (REAL): the same arithmetic on SQLite and PostgreSQL,
+and cheap to compare in the claim statement. Views present them as timestamps.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobState(enum.StrEnum):
+    BLOCKED = "blocked"
+    READY = "ready"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Clip(Base):
+    __tablename__ = "clips"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clip_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    video_uid: Mapped[str | None] = mapped_column(String(64))
+    video_path: Mapped[str] = mapped_column(Text)
+    offset_sec: Mapped[float] = mapped_column(Float, default=0.0)
+    duration_sec: Mapped[float] = mapped_column(Float)
+    identity: Mapped[str] = mapped_column(String(64))
+    split: Mapped[str | None] = mapped_column(String(16))
+
+
+class Query(Base):
+    __tablename__ = "queries"
+    __table_args__ = (UniqueConstraint("clip_id", "annotation_uid", "query_idx"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clip_id: Mapped[int] = mapped_column(ForeignKey("clips.id"), index=True)
+    annotation_uid: Mapped[str] = mapped_column(String(64))
+    query_idx: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    query_type: Mapped[str] = mapped_column(String(32))
+    template: Mapped[str | None] = mapped_column(Text)
+    gt_start: Mapped[float | None] = mapped_column(Float)
+    gt_end: Mapped[float | None] = mapped_column(Float)
+    extra: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    config: Mapped[str] = mapped_column(Text)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    style: Mapped[str] = mapped_column(Text)
+    graded_turn: Mapped[str] = mapped_column(String(64))
+    annotations: Mapped[str | None] = mapped_column(Text)
+    provenance: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class RunItem(Base):
+    """One query of a run, its graded job, and its scores (recomputable with --rescore)."""
+
+    __tablename__ = "run_items"
+    __table_args__ = (UniqueConstraint("run_id", "query_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("queries.id"))
+    graded_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    scored_at: Mapped[float | None] = mapped_column(Float)
+    segments: Mapped[str | None] = mapped_column(Text)
+    n_segments: Mapped[int | None] = mapped_column(Integer)
+    correct: Mapped[int | None] = mapped_column(Integer)
+    iou_top1: Mapped[float | None] = mapped_column(Float)
+    r1_03: Mapped[int | None] = mapped_column(Integer)
+    r1_05: Mapped[int | None] = mapped_column(Integer)
+    r5_03: Mapped[int | None] = mapped_column(Integer)
+    r5_05: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    best_correct: Mapped[int | None] = mapped_column(Integer)
+    best_r1_03: Mapped[int | None] = mapped_column(Integer)
+    best_r1_05: Mapped[int | None] = mapped_column(Integer)
+    best_iou_top1: Mapped[float | None] = mapped_column(Float)
+
+
+class ItemJob(Base):
+    """Every turn's job for one run item (the chain the report walks)."""
+
+    __tablename__ = "item_jobs"
+    item_id: Mapped[int] = mapped_column(ForeignKey("run_items.id"), primary_key=True)
+    turn_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_name: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_claim", "state", "model", "priority", "clip_id", "turn_index", "id"),
+        Index("ix_jobs_lease", "state", "lease_expires_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(Text)
+    turn_name: Mapped[str] = mapped_column(String(64))
+    turn_index: Mapped[int] = mapped_column(Integer)
+    clip_id: Mapped[int] = mapped_column(ForeignKey("clips.id"))
+    query_id: Mapped[int | None] = mapped_column(ForeignKey("queries.id"))
+    spec: Mapped[str] = mapped_column(Text)
+    media_key: Mapped[str] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)
+    responses: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    visual_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class JobDep(Base):
+    __tablename__ = "job_deps"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True, index=True)
+
+
+class JobResult(Base):
+    """Append-only: one row per successful completion (the history --recompute keeps)."""
+
+    __tablename__ = "job_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    lease_token: Mapped[str] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)
+    responses: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    visual_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[float] = mapped_column(Float)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[float | None] = mapped_column(Float)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BatchLimit(Base):
+    """Largest batch that worked and smallest that ran out of memory, per model x media spec."""
+
+    __tablename__ = "batch_limits"
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    media_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    max_ok: Mapped[int | None] = mapped_column(Integer)
+    min_fail: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column(Float)

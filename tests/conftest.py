@@ -1,0 +1,95 @@
+"""Shared fixtures: real SQLite files, the synthetic dataset, the tiny model, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from egoqa.synth import SynthPaths, write_synth_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> SynthPaths:
+    """4 clips × 3 queries of 24 s, plus the bad records real files contain (quirks)."""
+    return write_synth_dataset(
+        tmp_path_factory.mktemp("synth"), clips=4, queries_per_clip=3, quirks=True
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from egoqa.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "egoqa.db"
+
+
+class Cli:
+    """Runs the real `egoqa` command in a subprocess against one database."""
+
+    def __init__(self, db: Path | str, cwd: Path) -> None:
+        self.db, self.cwd = str(db), cwd
+
+    def __call__(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 300,
+        env: dict | None = None,
+        db: bool = True,
+    ) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "egoqa", *(["--db", self.db] if db else []), *map(str, args)]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.run(
+            cmd, cwd=self.cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def json(self, *args: str, **kw):
+        return json.loads(self(*args, "--json", **kw).stdout)
+
+    def popen(self, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "egoqa", "--db", self.db, *map(str, args)]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        return subprocess.Popen(
+            cmd,
+            cwd=self.cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
+
+
+@pytest.fixture
+def cli(db_path, tmp_path) -> Cli:
+    return Cli(db_path, tmp_path)
+
+
+def enqueue_args(synth: SynthPaths, config: str = "demo", *extra: str) -> list[str]:
+    return [
+        "enqueue",
+        "--annotations",
+        str(synth.annotations),
+        "--videos",
+        str(synth.videos),
+        "--config",
+        config,
+        *extra,
+    ]
