@@ -451,10 +451,8 @@ def demo(
 
 
 def _demo_summary() -> None:
-    try:
-        from egoqa.report import summary_rows
-    except ImportError:  # reporting lives in egoqa.report; the status table above still stands
-        return
+    from egoqa.report import summary_rows
+
     cols, rows = summary_rows(open_database(readonly=True), "demo")
     emit_table("demo: first summary (random weights: scores are noise)", cols, rows)
 
@@ -479,6 +477,11 @@ def db_current() -> None:
         f"{url}: schema {s.current or 'none'}, egoqa head {s.head}"
         + ("" if s.ok else " — run `egoqa db upgrade`")
     )
+
+
+from egoqa.cli_report import register as _register_report  # noqa: E402
+
+_register_report(app)
 
 
 def main() -> None:

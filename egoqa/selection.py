@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import pairwise
 
 RULES = ("first", "longest", "consensus", "format:intervals")
 INTERVAL_TOLERANCE_SEC = 1.0  # a mentioned interval end may be rounded to the nearest second
@@ -57,7 +58,9 @@ def _consensus(responses: list[str], candidates: list[int]) -> int:
     texts = {i: _normalise(responses[i]) for i in candidates}
 
     def total(i: int) -> float:
-        return sum(Levenshtein.normalized_distance(texts[i], texts[j]) for j in candidates if j != i)
+        return sum(
+            Levenshtein.normalized_distance(texts[i], texts[j]) for j in candidates if j != i
+        )
 
     scores = {i: round(total(i), 9) for i in candidates}  # rounding: ties must compare equal
     best = min(scores.values())
@@ -73,16 +76,14 @@ def _normalise(text: str) -> str:
 
 def _intervals_filter(responses: list[str], candidates: list[int], context: dict) -> list[int]:
     timestamps = [float(t) for t in context.get("timestamps") or []]
-    wanted = list(zip(timestamps, timestamps[1:]))
+    wanted = list(pairwise(timestamps))
     stages = context.get("stages")
     allowed = {_normalise(s) for s in stages} if stages else None
     kept = [i for i in candidates if _follows_format(responses[i], wanted, allowed)]
     return kept or candidates
 
 
-def _follows_format(
-    text: str, wanted: list[tuple[float, float]], allowed: set[str] | None
-) -> bool:
+def _follows_format(text: str, wanted: list[tuple[float, float]], allowed: set[str] | None) -> bool:
     mentioned = mentioned_intervals(text)
     if not all(_is_mentioned(interval, mentioned) for interval in wanted):
         return False

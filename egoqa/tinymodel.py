@@ -66,7 +66,7 @@ CHAT_TEMPLATE = (
 BPE_VOCAB_SIZE = 1024
 PIXELS = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}  # the real checkpoint's bounds
 
-_WORDS = (
+_VOCABULARY = (
     "you are a helpful assistant the video clip frames frame segment segments query question "
     "answer where did i put what is when was who how many which after before first last "
     "find moment time start end seconds second minute camera wearer person hand hands table "
@@ -75,7 +75,8 @@ _WORDS = (
     "watch look at between from to in on of and or it this that with for my see take "
     "interval intervals timestamp timestamps coarse dense fine grained output format only "
     "answer: reason: stage: verdict: user system assistant"
-).split()
+)
+_WORDS = _VOCABULARY.split()
 _PUNCT = (":", "-", "[", "]", "(", ")", ",", ".", "?", "s", " - ", "s] - [", "\n", "1.", "2.")
 
 

@@ -86,7 +86,9 @@ def test_no_usable_segment_falls_back_to_the_whole_clip():
 
 
 def test_sampling_fps_is_frames_per_clip_second():
-    assert sampling_fps(sample_timestamps(SamplerSpec(frames=8), 24.0), 24.0) == pytest.approx(1 / 3)
+    assert sampling_fps(sample_timestamps(SamplerSpec(frames=8), 24.0), 24.0) == pytest.approx(
+        1 / 3
+    )
     dense = sample_timestamps(SamplerSpec(kind="dense", fps=2.0), 30.0)
     assert sampling_fps(dense, 30.0) == pytest.approx(2.0)
     assert sampling_fps([4.0, 4.0], 8.0) == pytest.approx(0.25)

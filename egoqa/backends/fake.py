@@ -7,6 +7,7 @@ model's answer, with one to three segments such as `[12s] - [30s]`.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from egoqa.backends.base import Request, Result
 from egoqa.errors import OutOfMemory
 
 TOKENS_PER_FRAME = 4
+DELAY_ENV = "EGOQA_FAKE_DELAY_S"
 _OPENERS = (
     "The moment happens at",
     "I see it in",
@@ -24,19 +26,21 @@ _OPENERS = (
 
 class FakeBackend:
     """`oom_above=k` fails batches of more than k requests with `OutOfMemory`; `fail_every=k`
-    makes every k-th `generate` call raise a `RuntimeError` (a crashing backend)."""
+    makes every k-th `generate` call raise a `RuntimeError` (a crashing backend); `delay_s`
+    (default: $EGOQA_FAKE_DELAY_S, else 0) sleeps that long per batch."""
 
     name = "fake"
     device = "cpu"
 
     def __init__(
         self,
-        delay_s: float = 0.0,
+        delay_s: float | None = None,
         oom_above: int | None = None,
         fail_every: int | None = None,
         **_: Any,
     ) -> None:
-        self.delay_s = delay_s
+        # $EGOQA_FAKE_DELAY_S slows every batch, so tests can signal or kill a worker mid-batch.
+        self.delay_s = float(os.environ.get(DELAY_ENV, 0) or 0) if delay_s is None else delay_s
         self.oom_above = oom_above
         self.fail_every = fail_every
         self.calls = 0

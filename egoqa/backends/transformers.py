@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,10 +36,9 @@ _OOM_MARKERS = ("out of memory", "can't allocate memory", "defaultcpuallocator")
 
 @dataclass
 class _Row:
-    """One generated sequence: sample `sample` of request `index`."""
+    """One generated sequence: a sample of request `index` (n samples are n rows)."""
 
     index: int
-    sample: int
     conversation: list[dict[str, Any]]
     frames: Frames | None
 
@@ -151,11 +151,14 @@ class TransformersBackend:
         ]
         kwargs: dict[str, Any] = {}
         if any(row.frames is not None for row in rows):
-            videos, metadata = video_inputs(conversations)
+            videos, metadata = _row_videos(rows)
             kwargs = {"videos": videos, "video_metadata": metadata, "do_sample_frames": False}
         inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
-        extras = _video_extras(inputs) if kwargs else []
+        extras = _video_extras(inputs, rows, self._temporal_patch()) if kwargs else []
         return inputs.to(self.model.device), extras
+
+    def _temporal_patch(self) -> int:
+        return int(getattr(self.processor.video_processor, "temporal_patch_size", 2))
 
     def _generation_config(self, settings: GenerationSettings):
         config = copy.deepcopy(self.model.generation_config)
@@ -193,8 +196,8 @@ def _group_rows(
     groups: dict[GenerationSettings, list[_Row]] = {}
     for index, request in enumerate(requests):
         conversation = conversation_for(request, min_pixels, max_pixels)
-        for sample in range(max(1, request.samples)):
-            row = _Row(index, sample, conversation, request.frames)
+        for _ in range(max(1, request.samples)):
+            row = _Row(index, conversation, request.frames)
             groups.setdefault(request.generation, []).append(row)
     return groups
 
@@ -261,14 +264,42 @@ def video_inputs(conversations: list[list[dict[str, Any]]]) -> tuple[list[Any], 
     return [v for v, _ in videos], [m for _, m in videos]
 
 
-def _video_extras(inputs) -> list[dict[str, Any]]:
+def _row_videos(rows: list[_Row]) -> tuple[list[Any], list[Any]]:
+    """(videos, metadata) for the video rows; each request's frames are prepared once."""
+    position: dict[int, int] = {}
+    conversations = []
+    for row in rows:
+        if row.frames is not None and row.index not in position:
+            position[row.index] = len(conversations)
+            conversations.append(row.conversation)
+    videos, metadata = video_inputs(conversations)
+    picks = [position[row.index] for row in rows if row.frames is not None]
+    return [videos[p] for p in picks], [metadata[p] for p in picks]
+
+
+def _video_extras(inputs, rows: list[_Row], temporal_patch: int) -> list[dict[str, Any]]:
+    """Timing and grid per video row, checked against the frames' sampling rate.
+
+    A processor that ignored the metadata would assume 24 fps and silently misplace every event
+    in time, so a mismatch stops the batch instead.
+    """
     grids = inputs["video_grid_thw"].tolist()
     seconds = [float(s) for s in inputs["second_per_grid_ts"]]
-    return [{"second_per_grid_ts": s, "video_grid_thw": g} for s, g in zip(seconds, grids)]
+    fps = [row.frames.fps for row in rows if row.frames is not None]
+    for got, rate in zip(seconds, fps, strict=True):
+        if not math.isclose(got, temporal_patch / rate, rel_tol=1e-4):
+            raise ModelLoadError(
+                f"the processor set second_per_grid_ts={got:g} for frames sampled at {rate:g} "
+                f"fps (expected {temporal_patch / rate:g}): it ignored the video metadata; "
+                "use a transformers version whose Qwen2.5-VL processor reads video_metadata"
+            )
+    return [
+        {"second_per_grid_ts": s, "video_grid_thw": g} for s, g in zip(seconds, grids, strict=True)
+    ]
 
 
 def finish_reason(text: str, stopped: bool) -> str:
-    """"empty" for a blank text, else "stop" when an end token was generated, else "length"."""
+    """ "empty" for a blank text, else "stop" when an end token was generated, else "length"."""
     if not text.strip():
         return "empty"
     return "stop" if stopped else "length"
@@ -350,7 +381,10 @@ def _load_model(
         return AutoModelForImageTextToText.from_pretrained(model, **kwargs).eval()
     except Exception as exc:
         if is_oom(exc):
-            raise OutOfMemory(f"model {model!r} does not fit in memory: {exc}") from exc
+            raise ModelLoadError(
+                f"model {model!r} does not fit in memory; use a smaller dtype, "
+                "device_map='auto' over more GPUs, or a smaller model"
+            ) from exc
         raise _load_error(model, exc) from exc
 
 

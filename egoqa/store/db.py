@@ -75,9 +75,24 @@ def _sqlite_connect_factory(path: Path, readonly: bool):
         else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            _apply_max_page_count(conn)
         return conn
 
     return connect
+
+
+MAX_PAGE_COUNT_ENV = "EGOQA_SQLITE_MAX_PAGE_COUNT"
+
+
+def _apply_max_page_count(conn: sqlite3.Connection) -> None:
+    """Test hook: cap the file's size so growing writes fail with SQLITE_FULL, as on a full disk.
+
+    Tests set $EGOQA_SQLITE_MAX_PAGE_COUNT to prove a full disk loses no finished work; it is
+    not a setting for users.
+    """
+    pages = os.environ.get(MAX_PAGE_COUNT_ENV)
+    if pages:
+        conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
 
 def _make_sqlite_engine(url: str, path: Path, readonly: bool) -> Engine:
@@ -245,7 +260,15 @@ class Database:
             except BaseException:
                 raw.rollback()
                 raise
-            if self.is_sqlite:
+            if self.readonly:
+                # Never commit on a read-only handle: a statement's session changes
+                # (Postgres `set_config('default_transaction_read_only', 'off', false)`)
+                # would otherwise outlive it on the pooled connection.
+                if self.is_sqlite:
+                    cur.execute("ROLLBACK")
+                else:
+                    raw.rollback()
+            elif self.is_sqlite:
                 cur.execute("COMMIT")
             else:
                 raw.commit()
@@ -273,7 +296,12 @@ class Cursor:
         self.raw = cur
 
     def execute(self, stmt: str, params: dict | None = None):
-        self.raw.execute(self.db.sql(stmt), params or {})
+        if self.db.readonly and not self.db.is_sqlite:
+            # A prepared statement holds exactly one command, so `SET TRANSACTION READ WRITE;
+            # DELETE ...` cannot slip a write past the read-only transaction.
+            self.raw.execute(self.db.sql(stmt), params or {}, prepare=True)
+        else:
+            self.raw.execute(self.db.sql(stmt), params or {})
         return self.raw
 
     def executemany(self, stmt: str, rows: list[dict]) -> None:

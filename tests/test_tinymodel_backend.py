@@ -1,0 +1,292 @@
+"""The tiny Qwen2.5-VL built offline, and `TransformersBackend` on it: the real generation path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from fixtures_model import clip_24s, clip_frames, frames_of, tiny_backend  # noqa: F401
+
+from egoqa.backends.base import GenerationSettings, Request
+from egoqa.errors import ModelLoadError, OutOfMemory
+from egoqa.frames import SamplerSpec
+from egoqa.tinymodel import MARKER, SPECIAL_TOKENS, build_tiny_model
+
+pytestmark = pytest.mark.model
+
+GREEDY = GenerationSettings(max_new_tokens=12)
+UNIFORM = SamplerSpec(frames=8, max_edge=224)  # 320x240 -> 224x168: 8 x 6 merged patches
+DENSE = SamplerSpec(kind="dense", fps=1.0, max_edge=224)
+
+
+@pytest.fixture(scope="module")
+def uniform_frames(clip_24s):  # noqa: F811
+    return clip_frames(clip_24s, UNIFORM)
+
+
+@pytest.fixture(scope="module")
+def dense_frames(clip_24s):  # noqa: F811
+    return clip_frames(clip_24s, DENSE, duration=10.0, offset=3.0)
+
+
+# --- the checkpoint ----------------------------------------------------------------------------
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_tiny_model_is_byte_identical_for_a_seed(tiny_model, tmp_path):
+    again = build_tiny_model(tmp_path / "again", seed=0)
+    assert _files(again) == _files(tiny_model)
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    assert _files(other)["model.safetensors"] != _files(tiny_model)["model.safetensors"]
+
+
+def test_building_into_a_complete_build_changes_nothing(tiny_model):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_model.iterdir()}
+    assert build_tiny_model(tiny_model) == tiny_model
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_model.iterdir()} == before
+    assert (tiny_model / MARKER).is_file()
+    assert not [p for p in tiny_model.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_tiny_model_loads_with_the_auto_classes(tiny_model):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model)
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    tok = processor.tokenizer
+    ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    assert ids == list(range(ids[0], ids[0] + len(SPECIAL_TOKENS)))
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert model.config.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    text = "Where did I put the cup? [12s] - [30s]\nStage name: description"
+    assert tok.decode(tok(text).input_ids) == text
+    assert len(tok(text).input_ids) < len(text) / 2  # the trained merges are used
+    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "hi"}]}]
+    rendered = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|video_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+# --- the backend -------------------------------------------------------------------------------
+
+
+def _mixed_requests(uniform_frames, dense_frames):
+    return [
+        Request(1, "Where did I put the cup?", uniform_frames, generation=GREEDY),
+        Request(2, "Describe each stage of the video.", generation=GREEDY),
+        Request(3, "When was the door open?", dense_frames, generation=GREEDY, system="Be brief."),
+        Request(4, "List the stages.", generation=GREEDY),
+    ]
+
+
+def test_batched_generation_equals_row_by_row(tiny_backend, uniform_frames, dense_frames):  # noqa: F811
+    requests = _mixed_requests(uniform_frames, dense_frames)
+    batched = tiny_backend.generate(requests)
+    single = [tiny_backend.generate([r])[0] for r in requests]
+    assert [r.texts for r in batched] == [r.texts for r in single]
+    assert [r.prompt_tokens for r in batched] == [r.prompt_tokens for r in single]
+    assert [r.visual_tokens for r in batched] == [r.visual_tokens for r in single]
+    assert [r.batch_size for r in batched] == [4] * 4
+    assert batched[1].visual_tokens == 0 and batched[1].extra == {}
+    assert batched[0].prompt_tokens > batched[0].visual_tokens > 0
+
+
+def test_second_per_grid_ts_follows_the_sampling_rate(tiny_backend, uniform_frames, dense_frames):  # noqa: F811
+    uniform, dense = tiny_backend.generate(
+        [Request(1, "q", uniform_frames, generation=GREEDY), Request(2, "q", dense_frames)]
+    )
+    assert uniform_frames.fps == pytest.approx(1 / 3)
+    assert uniform.extra["second_per_grid_ts"] == pytest.approx(6.0)
+    assert dense.extra["second_per_grid_ts"] == pytest.approx(2.0)
+
+
+class _ProcessorWithoutMetadata:
+    """The real processor, minus the video timing metadata (what a careless caller passes)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __call__(self, **kwargs):
+        kwargs.pop("video_metadata", None)
+        return self.real(**kwargs)
+
+
+def test_a_processor_ignoring_the_timing_metadata_stops_the_batch(
+    tiny_backend,  # noqa: F811
+    uniform_frames,
+    monkeypatch,
+):
+    monkeypatch.setattr(
+        tiny_backend, "processor", _ProcessorWithoutMetadata(tiny_backend.processor)
+    )
+    with pytest.raises(ModelLoadError, match="ignored the video metadata"):
+        tiny_backend.generate([Request(1, "q", uniform_frames, generation=GREEDY)])
+
+
+def test_visual_tokens_match_the_frame_grid(tiny_backend, uniform_frames, dense_frames):  # noqa: F811
+    for frames in (uniform_frames, dense_frames):
+        t, h, w = frames.array.shape[:3]
+        (result,) = tiny_backend.generate([Request(1, "q", frames, generation=GREEDY)])
+        assert (h, w) == (168, 224)
+        assert result.visual_tokens == (t // 2) * (h // 28) * (w // 28)
+        assert result.extra["video_grid_thw"] == [t // 2, h // 14, w // 14]
+
+
+def test_frames_reach_the_processor_without_resampling():
+    from egoqa.backends.transformers import conversation_for, video_inputs
+
+    rng = np.random.default_rng(0)
+    for h, w in ((168, 224), (252, 336)):  # 252 is a multiple of 28 but not of 56
+        array = rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8)
+        videos, metadata = video_inputs([conversation_for(Request(1, "q", frames_of(array)))])
+        assert videos[0].shape == (4, 3, h, w)
+        np.testing.assert_array_equal(videos[0].numpy(), array.transpose(0, 3, 1, 2))
+        assert len(metadata[0]["frames_indices"]) / metadata[0]["total_num_frames"] == 1.0
+
+
+def test_frames_off_the_grid_are_resized_to_multiples_of_28(tiny_backend):  # noqa: F811
+    array = np.zeros((2, 240, 320, 3), dtype=np.uint8)
+    (result,) = tiny_backend.generate([Request(1, "q", frames_of(array), generation=GREEDY)])
+    t, gh, gw = result.extra["video_grid_thw"]
+    assert (t, gh * 14, gw * 14) == (1, 252, 308)
+    assert result.visual_tokens == 1 * 9 * 11
+
+
+def test_sampling_is_reproducible_and_draws_n_samples(tiny_backend, uniform_frames):  # noqa: F811
+    sampled = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, seed=7)
+    requests = [
+        Request(1, "Where is the bag?", uniform_frames, samples=3, generation=sampled),
+        Request(2, "Describe the stages.", generation=GREEDY),
+    ]
+    first = tiny_backend.generate(requests)
+    again = tiny_backend.generate(requests)
+    assert [r.texts for r in first] == [r.texts for r in again]
+    assert len(first[0].texts) == len(first[0].finish_reasons) == 3
+    assert len(first[0].completion_tokens) == 3 and len(first[1].texts) == 1
+    assert len(set(first[0].texts)) > 1
+    reseeded = [dataclasses.replace(requests[0], generation=dataclasses.replace(sampled, seed=8))]
+    assert tiny_backend.generate(reseeded)[0].texts != first[0].texts
+
+
+def test_a_tiny_token_budget_finishes_with_length(tiny_backend):  # noqa: F811
+    settings = GenerationSettings(max_new_tokens=2)
+    (result,) = tiny_backend.generate([Request(1, "Where did I put the cup?", generation=settings)])
+    assert result.completion_tokens == [2]
+    assert result.texts[0].strip() and result.finish_reasons == ["length"]
+    assert result.latency_s > 0
+
+
+def test_an_end_token_at_once_is_an_empty_generation(tiny_backend, monkeypatch):  # noqa: F811
+    vocab = list(range(tiny_backend.model.config.text_config.vocab_size))
+    monkeypatch.setattr(tiny_backend.model.generation_config, "eos_token_id", vocab)
+    (result,) = tiny_backend.generate([Request(1, "Where is it?", generation=GREEDY)])
+    assert result.texts == [""] and result.finish_reasons == ["empty"]
+    assert result.completion_tokens == [1]
+
+
+def test_finish_reasons():
+    from egoqa.backends.transformers import finish_reason
+
+    assert finish_reason("[1s] - [2s]", stopped=True) == "stop"
+    assert finish_reason("[1s] - [2s]", stopped=False) == "length"
+    assert finish_reason(" \n", stopped=True) == "empty"
+
+
+def test_injected_oom_above_k_raises_out_of_memory(tiny_backend, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("EGOQA_INJECT_OOM_ABOVE", "1")
+    requests = [Request(i, "q", generation=GREEDY) for i in range(2)]
+    with pytest.raises(OutOfMemory, match="batch of 2"):
+        tiny_backend.generate(requests)
+    assert len(tiny_backend.generate(requests[:1])) == 1
+
+
+def test_cpu_allocator_failure_is_out_of_memory(tiny_backend, monkeypatch):  # noqa: F811
+    def fail(**_):
+        raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(tiny_backend.model, "generate", fail)
+    with pytest.raises(OutOfMemory):
+        tiny_backend.generate([Request(1, "q", generation=GREEDY)])
+    monkeypatch.setattr(tiny_backend.model, "generate", lambda **_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # anything else is a bug, not memory
+        tiny_backend.generate([Request(1, "q", generation=GREEDY)])
+
+
+def test_backend_reports_device_and_memory(tiny_backend):  # noqa: F811
+    assert tiny_backend.name == "transformers" and tiny_backend.device == "cpu"
+    assert tiny_backend.free_memory_bytes() > 0
+    tiny_backend.clear_memory()
+    assert tiny_backend.generate([]) == []
+
+
+def test_missing_model_path_is_a_model_load_error(tmp_path):
+    from egoqa.backends.transformers import TransformersBackend
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        TransformersBackend(str(tmp_path / "no-such-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        TransformersBackend(str(tmp_path / "empty"))
+
+
+# --- the contract every backend keeps (the fake one stands in for it in scheduler tests) ------
+
+
+@pytest.fixture(params=["transformers", "fake"])
+def any_backend(request, tiny_backend):  # noqa: F811
+    from egoqa.backends.base import load_backend
+
+    return tiny_backend if request.param == "transformers" else load_backend("fake")
+
+
+def test_every_backend_answers_each_request_in_order(any_backend, uniform_frames, dense_frames):
+    requests = _mixed_requests(uniform_frames, dense_frames)
+    requests[3] = dataclasses.replace(requests[3], samples=2)
+    results = any_backend.generate(requests)
+    assert [len(r.texts) for r in results] == [1, 1, 1, 2]
+    for result in results:
+        assert len(result.finish_reasons) == len(result.completion_tokens) == len(result.texts)
+        assert set(result.finish_reasons) <= {"stop", "length", "empty"}
+        assert result.batch_size == 4 and result.latency_s >= 0
+    assert results[0].visual_tokens > 0 and results[1].visual_tokens == 0
+    assert results[0].extra["second_per_grid_ts"] == pytest.approx(6.0)
+    assert results[2].extra["second_per_grid_ts"] == pytest.approx(2.0)
+
+
+def test_fake_backend_is_deterministic_and_answers_with_segments(uniform_frames):
+    from egoqa.backends.fake import FakeBackend
+    from egoqa.evaluate import parse_segments
+
+    request = Request(1, "Where is the bag?", uniform_frames, samples=3)
+    first, again = FakeBackend().generate([request]), FakeBackend().generate([request])
+    assert first[0].texts == again[0].texts and len(set(first[0].texts)) > 1
+    assert first[0].visual_tokens == 4 * len(uniform_frames.timestamps)
+    for text in first[0].texts:
+        segments = parse_segments(text, 24.0)
+        assert 1 <= len(segments) <= 3
+        assert all(0 <= s.start < s.end <= max(uniform_frames.timestamps) for s in segments)
+
+
+def test_fake_backend_fails_like_a_real_one_on_request():
+    from egoqa.backends.fake import FakeBackend
+
+    requests = [Request(i, "q") for i in range(3)]
+    with pytest.raises(OutOfMemory):
+        FakeBackend(oom_above=2).generate(requests)
+    assert len(FakeBackend(oom_above=3).generate(requests)) == 3
+    flaky = FakeBackend(fail_every=2)
+    flaky.generate(requests)
+    with pytest.raises(RuntimeError, match="fail_every"):
+        flaky.generate(requests)
