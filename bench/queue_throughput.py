@@ -400,26 +400,35 @@ def measure(worker, target: str, procs: int, batch: int, seconds: float) -> Meas
     return Measurement(len(set(done)) / wall, len(set(done)), dups)
 
 
-def run_system(system: System, workdir: Path, spec: str, args, pg_url: str | None = None):
-    """{(procs, batch): [Measurement per repeat]}"""
-    template = workdir / f"{system.worker.__name__}.template{system.suffix}"
-    if system.template is not None:
-        system.template(template, args.jobs, spec)
-    results: dict[tuple[int, int], list[Measurement]] = {}
+def run_all(systems: list[System], workdir: Path, spec: str, args) -> dict[str, dict]:
+    """{system: {(procs, batch): [Measurement per repeat]}}; systems interleaved in every repeat,
+    so load from elsewhere on the machine hits them alike."""
+    templates = {}
+    for system in systems:
+        templates[system.name] = workdir / f"{system.worker.__name__}.template{system.suffix}"
+        if system.template is not None:
+            system.template(templates[system.name], args.jobs, spec)
+    results: dict[str, dict] = {s.name: {} for s in systems}
     for procs in args.procs:
         for batch in args.batches:
             for _ in range(args.repeats):
-                if pg_url is not None:
-                    egoqa_template(template, args.jobs, spec, url=pg_url)
-                    target = pg_url
-                else:
-                    target = str(workdir / f"run{system.suffix}")
-                    for extra in ("-wal", "-shm"):
-                        Path(target + extra).unlink(missing_ok=True)
-                    shutil.copyfile(template, target)
-                m = measure(system.worker, target, procs, batch, args.seconds)
-                results.setdefault((procs, batch), []).append(m)
+                for system in systems:
+                    target = _fresh_copy(system, templates[system.name], workdir, spec, args)
+                    m = measure(system.worker, target, procs, batch, args.seconds)
+                    results[system.name].setdefault((procs, batch), []).append(m)
+            print(f"  measured batch {batch}, {procs} process(es)", file=sys.stderr, flush=True)
     return results
+
+
+def _fresh_copy(system: System, template: Path, workdir: Path, spec: str, args) -> str:
+    if system.template is None:  # PostgreSQL: refill the scratch database
+        egoqa_template(template, args.jobs, spec, url=args.postgres)
+        return args.postgres
+    target = workdir / f"run{system.suffix}"
+    for extra in ("-wal", "-shm"):
+        Path(f"{target}{extra}").unlink(missing_ok=True)
+    shutil.copyfile(template, target)
+    return str(target)
 
 
 def summarize(name: str, results, args) -> list:
@@ -434,7 +443,7 @@ def summarize(name: str, results, args) -> list:
 
 
 def ratios(all_results: dict[str, dict], args) -> list[list]:
-    """egoqa's median rate over each other system's, per column."""
+    """egoqa's rate over each other system's: median (min–max) of the per-repeat ratios."""
     ours = all_results["egoqa (store API)"]
     rows = []
     for name, results in all_results.items():
@@ -443,9 +452,9 @@ def ratios(all_results: dict[str, dict], args) -> list[list]:
         row: list = [f"egoqa ÷ {name}"]
         for procs in args.procs:
             for batch in args.batches:
-                a = statistics.median(m.rate for m in ours[(procs, batch)])
-                b = statistics.median(m.rate for m in results[(procs, batch)])
-                row.append(f"{a / b:.2f}×" if b else "–")
+                pairs = zip(ours[(procs, batch)], results[(procs, batch)], strict=True)
+                r = [a.rate / b.rate for a, b in pairs if b.rate]
+                row.append(f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})" if r else "–")
         rows.append(row)
     return rows
 
@@ -470,12 +479,8 @@ def main(argv: list[str]) -> int:
             System("egoqa on PostgreSQL", egoqa_worker, None),
             System("raw psycopg, egoqa's SQL", pg_raw_worker, None),
         ]
-    all_results = {}
     with tempfile.TemporaryDirectory(prefix="egoqa-bench-") as tmp:
-        for system in systems:
-            pg = args.postgres if system.template is None else None
-            all_results[system.name] = run_system(system, Path(tmp), spec, args, pg)
-            print(f"  measured {system.name}", file=sys.stderr, flush=True)
+        all_results = run_all(systems, Path(tmp), spec, args)
     cols = [f"batch {b}, {p} proc{'s' if p > 1 else ''}" for p in args.procs for b in args.batches]
     print(
         f"\nN = {args.jobs:,} ready jobs (spec {len(spec):,} bytes), runs of at most "
@@ -486,7 +491,7 @@ def main(argv: list[str]) -> int:
     ]))
     if "egoqa (store API)" in all_results and len(all_results) > 1:
         print()
-        print(table("egoqa's rate relative to each system (medians)", ["", *cols],
+        print(table("egoqa's rate ÷ each system's, paired by repeat: median (min–max)", ["", *cols],
                     ratios(all_results, args)))
     dups = sum(m.dups for r in all_results.values() for ms in r.values() for m in ms)
     print(f"\nduplicates over all runs: {dups}")

@@ -299,28 +299,29 @@ def work(
     if batch_size != "auto" and not batch_size.isdigit():
         raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
     if single or (gpus is None and workers == 1):
-        _work_single(model, batch_size, device, until_done, lease, max_batches)
+        _work_single(model, batch_size, device, until_done, lease, max_batches, supervised=single)
         return
     _work_many(
         gpus, gpus_per_worker, device, workers, model, batch_size, until_done, lease, max_batches
     )
 
 
-def _work_single(model, batch_size, device, until_done, lease, max_batches) -> None:
-    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_model
+def _work_single(
+    model, batch_size, device, until_done, lease, max_batches, supervised=False
+) -> None:
+    from egoqa.supervisor import WORKER_CANNOT_START
+    from egoqa.worker import Worker, WorkerOptions
 
-    db = open_database()
-    resolved = resolve_model(db, model)
-    if resolved is None:
+    try:
+        started = _start_worker(model, device)
+    except EgoqaError as exc:
+        if supervised:  # bad model path, schema mismatch, ...: restarting will not fix it
+            exc.exit_code = WORKER_CANNOT_START
+        raise
+    if started is None:
         typer.echo("nothing to do: no pending jobs (run `egoqa enqueue` first)", err=True)
         return
-    name, cfg = resolved
-    threads = os.environ.get("EGOQA_TORCH_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    backend = load_backend_for(cfg, device)
+    db, name, cfg, backend = started
     opts = WorkerOptions(
         model=name,
         batch_size=batch_size if batch_size == "auto" else int(batch_size),
@@ -335,6 +336,23 @@ def _work_single(model, batch_size, device, until_done, lease, max_batches) -> N
         f"{stats.batches} batches, {stats.oom_splits} OOM splits",
         err=True,
     )
+
+
+def _start_worker(model, device):
+    """Open the database and load the model: (db, model name, config, backend), or None."""
+    from egoqa.worker import load_backend_for, resolve_model
+
+    db = open_database()
+    resolved = resolve_model(db, model)
+    if resolved is None:
+        return None
+    name, cfg = resolved
+    threads = os.environ.get("EGOQA_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return db, name, cfg, load_backend_for(cfg, device)
 
 
 def _work_many(
@@ -367,7 +385,11 @@ def _work_many(
     c = view.close()
     typer.echo(f"{c.done} done, {c.failed} failed of {c.total} jobs for {name}", err=True)
     if code:
-        raise typer.Exit(code)
+        gave_up = sum(s.gave_up for s in slots)
+        raise EgoqaError(
+            f"{gave_up} of {len(slots)} worker(s) gave up (their errors are above): fix that and "
+            "run `egoqa work` again; finished jobs are kept"
+        )
 
 
 # --- demo and dev ----------------------------------------------------------------------------
@@ -469,14 +491,18 @@ def db_upgrade() -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Show the database's schema revision and this egoqa's."""
-    from egoqa.store.db import make_engine, resolve_url, schema_state
+    from egoqa.store.db import friendly_errors, make_engine, resolve_url, schema_state
 
     url = resolve_url(STATE.db)
-    s = schema_state(make_engine(url, readonly=True))
-    typer.echo(
-        f"{url}: schema {s.current or 'none'}, egoqa head {s.head}"
-        + ("" if s.ok else " — run `egoqa db upgrade`")
-    )
+    with friendly_errors(url):
+        s = schema_state(make_engine(url, readonly=True))
+    if s.ok:
+        hint = ""
+    elif s.newer:
+        hint = " — newer than this egoqa: upgrade egoqa (pip install -U egoqa) to use it"
+    else:
+        hint = " — run `egoqa db upgrade`"
+    typer.echo(f"{url}: schema {s.current or 'none'}, egoqa head {s.head}{hint}")
 
 
 from egoqa.cli_report import register as _register_report  # noqa: E402

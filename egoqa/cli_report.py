@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-RunName = Annotated[str, typer.Option("--run", help="The run to report (see `egoqa runs`).")]
+RunName = Annotated[str, typer.Option("--run", help="The run (see `egoqa runs`).")]
 
 
 class ExportFormat(enum.StrEnum):

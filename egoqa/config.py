@@ -96,7 +96,12 @@ def _read_toml(name_or_path: str) -> tuple[dict, str]:
             raise ConfigError(
                 f"config file {path} does not exist: pass a preset ({', '.join(preset_names())}) or a TOML file"
             )
-        text, origin = path.read_text(), str(path)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"config file {path} cannot be read ({exc}): save it as UTF-8 TOML and check its permissions"
+            ) from None
     else:
         res = resources.files("egoqa") / "presets" / f"{name_or_path}.toml"
         if not res.is_file():

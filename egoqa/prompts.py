@@ -104,7 +104,12 @@ def load_style(name_or_path: str) -> Style:
             raise StyleError(
                 f"style file {path} does not exist: use one of {', '.join(style_names())} or a TOML file"
             )
-        text, origin = path.read_text(), str(path)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StyleError(
+                f"style file {path} cannot be read ({exc}): save it as UTF-8 TOML and check its permissions"
+            ) from None
     else:
         res = resources.files("egoqa") / "styles" / f"{name_or_path}.toml"
         if not res.is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,41 +37,20 @@ METRICS = ("coverage", "r1_03", "r1_05", "r5_03", "r5_05", "mean_r1", "miou")
 BEST_METRICS = ("coverage", "r1_03", "r1_05", "mean_r1", "miou")
 OUTCOMES = (*(o.value for o in Outcome), "pending")
 ALL = "(all)"  # the total row of the outcome table; parenthesised so no query type can clash
+# Versions recorded in results.json, read from package metadata (nothing is imported).
 PACKAGES = (
-    "egoqa",
-    "torch",
-    "transformers",
-    "accelerate",
-    "qwen-vl-utils",
-    "decord",
-    "av",
-    "tokenizers",
-    "sqlalchemy",
-    "alembic",
-    "pandas",
-    "numpy",
-    "matplotlib",
-    "pydantic",
-)
-_LABELS = {
-    "coverage": "coverage %",
-    "r1_03": "R@1 IoU>0.3 %",
-    "r1_05": "R@1 IoU>0.5 %",
-    "r5_03": "R@5 IoU>0.3 %",
-    "r5_05": "R@5 IoU>0.5 %",
-    "mean_r1": "mean R@1 %",
-    "miou": "mIoU %",
-}
-
-# Column heads of the breakdown tables, short enough for long template names beside them.
-_SHORT = {
-    "coverage": "cov",
-    "r1_03": "R1@.3",
-    "r1_05": "R1@.5",
-    "r5_03": "R5@.3",
-    "r5_05": "R5@.5",
-    "mean_r1": "mR1",
-    "miou": "mIoU",
+    "egoqa", "torch", "transformers", "accelerate", "qwen-vl-utils", "decord", "av", "tokenizers",
+    "sqlalchemy", "alembic", "pandas", "numpy", "matplotlib", "pydantic",
+)  # fmt: skip
+# metric: (its name in the summary table and the charts, its short head in breakdown tables)
+_NAMES = {
+    "coverage": ("coverage", "cov"),
+    "r1_03": ("R@1 IoU>0.3", "R1@.3"),
+    "r1_05": ("R@1 IoU>0.5", "R1@.5"),
+    "r5_03": ("R@5 IoU>0.3", "R5@.3"),
+    "r5_05": ("R@5 IoU>0.5", "R5@.5"),
+    "mean_r1": ("mean R@1", "mR1"),
+    "miou": ("mIoU", "mIoU"),
 }
 
 
@@ -184,13 +164,8 @@ def metrics(rows: Sequence[dict], best: bool = False) -> dict[str, float]:
 
 
 def _counts(rows: Sequence[dict]) -> dict[str, int]:
-    status = [status_of(r) for r in rows]
-    return {
-        "n": len(rows),
-        "done": status.count("done"),
-        "failed": status.count("failed"),
-        "pending": status.count("pending"),
-    }
+    status = Counter(map(status_of, rows))
+    return {"n": len(rows), **{k: status[k] for k in ("done", "failed", "pending")}}
 
 
 def summary(data: RunData) -> dict[str, Any]:
@@ -207,10 +182,14 @@ def summary(data: RunData) -> dict[str, Any]:
     }
 
 
+def _label(value: str | None) -> str:
+    return value or "(none)"  # no template, or a query without a first word
+
+
 def _breakdown(data: RunData, key: str) -> list[dict]:
     import pandas as pd
 
-    frame = pd.DataFrame({key: [r[key] if r[key] is not None else "(none)" for r in data.rows]})
+    frame = pd.DataFrame({key: [_label(r[key]) for r in data.rows]})
     out = []
     for value, positions in frame.groupby(key, sort=True).indices.items():
         rows = [data.rows[i] for i in positions]
@@ -223,7 +202,10 @@ def outcomes(data: RunData) -> list[dict]:
     import pandas as pd
 
     frame = pd.DataFrame(
-        {"query_type": [r["query_type"] for r in data.rows], "outcome": map(outcome_of, data.rows)}
+        {
+            "query_type": [_label(r["query_type"]) for r in data.rows],
+            "outcome": map(outcome_of, data.rows),
+        }
     )
     table = pd.crosstab(frame["query_type"], frame["outcome"], margins=True, margins_name=ALL)
     columns = [*OUTCOMES, *(["unscored"] if "unscored" in table.columns else [])]
@@ -237,28 +219,27 @@ def outcomes(data: RunData) -> list[dict]:
 
 def failures(db: Database, data: RunData) -> list[dict]:
     """Failed jobs by kind: how many, on which turns, how many queries they cost, an example."""
-    rows = _records(
+    jobs = _records(
         db,
         "SELECT kind, turn, message FROM failures WHERE run = :run ORDER BY job_id",
         {"run": data.run},
     )
-    lost: dict[str, int] = {}
-    for r in data.rows:
-        if status_of(r) == "failed":
-            kind = r["error_kind"] or "unknown"
-            lost[kind] = lost.get(kind, 0) + 1
-    out: dict[str, dict] = {}
-    for r in rows:
-        kind = r["kind"] or "unknown"
-        entry = out.setdefault(
-            kind, {"kind": kind, "jobs": 0, "turns": [], "queries": 0, "example": r["message"]}
+    lost = Counter(r["error_kind"] or "unknown" for r in data.rows if status_of(r) == "failed")
+    out = []
+    for kind in dict.fromkeys([*(j["kind"] or "unknown" for j in jobs), *lost]):
+        mine = [j for j in jobs if (j["kind"] or "unknown") == kind]
+        turns = list(dict.fromkeys(j["turn"] for j in mine))
+        example = mine[0]["message"] if mine else None
+        out.append(
+            {
+                "kind": kind,
+                "jobs": len(mine),
+                "turns": turns,
+                "queries": lost[kind],
+                "example": example,
+            }
         )
-        entry["jobs"] += 1
-        if r["turn"] not in entry["turns"]:
-            entry["turns"].append(r["turn"])
-    for kind, n in lost.items():
-        out.setdefault(kind, {"kind": kind, "jobs": 0, "turns": [], "example": None})["queries"] = n
-    return sorted(out.values(), key=lambda e: (-e["jobs"], e["kind"]))
+    return sorted(out, key=lambda e: (-e["jobs"], e["kind"]))
 
 
 def compare(db: Database, runs: Iterable[str]) -> list[dict]:
@@ -266,14 +247,8 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
     out = []
     for run in runs:
         s = summary(load_run(db, run))
-        best = s["best_of_n"] or {}
-        out.append(
-            {
-                "run": run,
-                **{k: s[k] for k in ("n", "done", "failed", "pending", *METRICS)},
-                "best_coverage": best.get("coverage"),
-            }
-        )
+        keys = ("n", "done", "failed", "pending", *METRICS, "best_of_n")
+        out.append({"run": run, **{k: s[k] for k in keys}})
     return out
 
 
@@ -321,10 +296,10 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     rows[0] = ("queries", s["n"])
     if s["unscored"]:
         rows.append(("unscored (run with --rescore)", s["unscored"]))
-    rows += [(_LABELS[k], _pct(s[k])) for k in METRICS]
+    rows += [(_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
     if s["best_of_n"]:
         label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
-        rows += [(f"{label}: {_LABELS[k]}", _pct(s["best_of_n"][k])) for k in BEST_METRICS]
+        rows += [(f"{label}: {_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS]
     return ["metric", "value"], rows
 
 
@@ -332,7 +307,7 @@ def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]
     # Done and mean R@1 follow from the columns shown (and are in --json): a narrow terminal
     # still fits the rest beside a long template name.
     shown = [m for m in METRICS if m != "mean_r1"]
-    columns = [key, "n", "failed", "pending", *(_SHORT[k] for k in shown)]
+    columns = [key, "n", "failed", "pending", *(_NAMES[k][1] for k in shown)]
     rows = [
         (r[key], r["n"], r["failed"], r["pending"], *(_pct(r[k]) for k in shown)) for r in records
     ]
@@ -430,10 +405,12 @@ SELECT c.clip_uid, q.annotation_uid, q.query_idx, ij.turn_index, ij.turn_name, j
 def _turns_by_item(db: Database, run: str) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for t in _records(db, _TURNS_OF_ITEMS, {"run": run}):
-        key = (t.pop("clip_uid"), t.pop("annotation_uid"), t.pop("query_idx"))
-        t["job_id"], t["turn"] = t.pop("id"), t.pop("turn_name")
-        t["responses"] = json.loads(t["responses"]) if t["responses"] else []
-        out.setdefault(key, []).append(t)
+        key = (t["clip_uid"], t["annotation_uid"], t["query_idx"])
+        turn = {"turn_index": t["turn_index"], "turn": t["turn_name"], "job_id": t["id"]}
+        turn |= {k: t[k] for k in ("state", "prompt", "response")}
+        turn["responses"] = json.loads(t["responses"]) if t["responses"] else []
+        turn |= {k: t[k] for k in ("finish_reason", "error_kind", "error")}
+        out.setdefault(key, []).append(turn)
     return out
 
 
@@ -473,11 +450,7 @@ def write(db: Database, report: dict, out_dir: Path) -> list[Path]:
     frame = pd.DataFrame(data.rows)
     frame.insert(frame.columns.get_loc("state") + 1, "status", [status_of(r) for r in data.rows])
     frame.to_csv(paths[1], index=False)
-    paths.append(_chart_by(report["by_query_type"], "query_type", out_dir, run))
-    paths.append(_chart_by(report["by_template"], "template", out_dir, run))
-    if report["compare"]:
-        paths.append(_chart_runs(report["compare"], out_dir / "runs_compared.png"))
-    return paths
+    return paths + charts(report, out_dir)
 
 
 # --- charts (matplotlib's Agg canvas directly: no pyplot, no global backend) ---------------------
@@ -494,7 +467,9 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _grouped_bars(ax, labels: list[str], series: dict[str, list[float]], horizontal: bool) -> None:
+def _grouped_bars(
+    ax, labels: list[str], series: dict[str, list[float]], horizontal: bool, unit: str
+) -> None:
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
         positions = [p + (i - (len(series) - 1) / 2) * width for p in range(len(labels))]
@@ -505,40 +480,44 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[float]], horizon
     if horizontal:
         ax.set_yticks(ticks, labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("% of queries")
+        ax.set_xlabel(unit)
         ax.set_xlim(0, 105)
     else:
         ax.set_xticks(ticks, labels, fontsize=8, rotation=30 if len(labels) > 6 else 0)
-        ax.set_ylabel("% of queries")
+        ax.set_ylabel(unit)
         ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
 
 
-def _chart_by(records: list[dict], key: str, out_dir: Path, run: str) -> Path:
+def _chart(path: Path, title: str, labels: list[str], series: dict, horizontal: bool) -> Path:
+    n = len(labels) * max(1, len(series)) / 3  # bar groups, in widths of three bars
+    fig = _figure(*((10, 1.2 + 0.45 * len(labels)) if horizontal else (max(6, 1.1 * n), 4.5)))
+    ax = fig.subplots()
+    unit = "% of queries" + ("" if "mIoU" not in series else " (mIoU: mean top-1 tIoU x 100)")
+    _grouped_bars(ax, labels, series, horizontal, unit)
+    ax.set_title(title)
+    fig.savefig(path)
+    return path
+
+
+def charts(report: dict, out_dir: Path) -> list[Path]:
+    """Accuracy by query type and by template, with n per bar; runs side by side if compared."""
     import textwrap
 
-    labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
-    series = {_LABELS[m].rstrip(" %"): [r[m] for r in records] for m in _CHART_METRICS}
-    horizontal = key == "template"
-    size = (10, 1.2 + 0.45 * len(records)) if horizontal else (max(6, 1.1 * len(records)), 4.5)
-    fig = _figure(*size)
-    ax = fig.subplots()
-    _grouped_bars(ax, labels, series, horizontal)
-    ax.set_title(f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)")
-    path = out_dir / f"accuracy_by_{key}.png"
-    fig.savefig(path)
-    return path
-
-
-def _chart_runs(records: list[dict], path: Path) -> Path:
-    labels = [f"{r['run']} (n={r['n']})" for r in records]
-    series = {_LABELS[m].rstrip(" %"): [r[m] for r in records] for m in METRICS}
-    fig = _figure(max(7, 2.2 * len(records)), 4.5)
-    ax = fig.subplots()
-    _grouped_bars(ax, labels, series, horizontal=False)
-    ax.set_title("runs compared")
-    fig.savefig(path)
-    return path
+    run, paths = report["summary"]["run"], []
+    for key in ("query_type", "template"):
+        records = report["by_" + key]
+        labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
+        series = {_NAMES[m][0]: [r[m] for r in records] for m in _CHART_METRICS}
+        title = f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)"
+        paths.append(
+            _chart(out_dir / f"accuracy_by_{key}.png", title, labels, series, key == "template")
+        )
+    if report["compare"]:
+        labels = [f"{r['run']} (n={r['n']})" for r in report["compare"]]
+        series = {_NAMES[m][0]: [r[m] for r in report["compare"]] for m in METRICS}
+        paths.append(_chart(out_dir / "runs_compared.png", "runs compared", labels, series, False))
+    return paths
 
 
 # --- the official prediction file ----------------------------------------------------------------

@@ -93,7 +93,13 @@ def read_only_sql(db: Database, statement: str) -> Table:
             raise ReadOnlyViolation(
                 "egoqa sql is read-only: the statement tried to write; nothing was changed"
             ) from None
-        raise
+        if "too many attached databases" in str(exc):  # the read-only connection allows none
+            raise ReadOnlyViolation(
+                "egoqa sql is read-only and cannot ATTACH other databases; nothing was changed"
+            ) from None
+        raise DatabaseError(
+            f"{exc} (egoqa sql runs one read-only statement; fix it and retry)"
+        ) from None
     except sqlite3.Error as exc:
         raise DatabaseError(f"SQL error: {exc}") from None
     except Exception as exc:  # psycopg errors, without importing psycopg here

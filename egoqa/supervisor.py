@@ -16,9 +16,12 @@ from egoqa.errors import ConfigError
 
 log = logging.getLogger("egoqa.supervisor")
 
-CRASH_LOOP_S = 5.0
-CRASH_LOOP_LIMIT = 3
+CRASH_LOOP_S = 60.0  # a worker that dies within this long of starting, repeatedly, is given up on
+CRASH_LOOP_LIMIT = 5
 MAX_BACKOFF_S = 60.0
+# Exit status of a worker that could not start for a reason the user must fix (a model path
+# that does not exist, a schema mismatch): restarting it would only repeat the error.
+WORKER_CANNOT_START = 3
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -102,6 +105,12 @@ class Supervisor:
         if code == 0:
             slot.finished = True
             log.info("worker %s finished", slot.name)
+            return
+        if code == WORKER_CANNOT_START:
+            slot.gave_up = True
+            log.error(
+                "worker %s could not start (see its error above): not restarting it", slot.name
+            )
             return
         self._crashed(slot, code)
 

@@ -133,10 +133,18 @@ class Worker:
         except StopRequested:
             log.info("worker %s: stop requested", self.id)
         finally:
-            self._release()
+            self._sign_off()
             restore()
-            registry.stop_worker(self.db, self.id, self.stats.done)
         return self.stats
+
+    def _sign_off(self) -> None:
+        """Release held jobs and mark this worker stopped; a failing database must not hide
+        the error that stopped the worker, and the reaper frees the jobs when their lease ends."""
+        try:
+            self._release()
+            registry.stop_worker(self.db, self.id, self.stats.done)
+        except EgoqaError as exc:
+            log.warning("could not release held jobs (%s); they return when their lease ends", exc)
 
     def _loop(self) -> None:
         idle, last_reap = 0, 0.0
@@ -192,6 +200,9 @@ class Worker:
             return Prepared(job, request, context)
         except VideoError as exc:
             self._fail(claim, job.id, exc.kind, str(exc))
+        except Exception as exc:  # a bug preparing one job must not take the worker (and its batch) down
+            log.exception("job %d: preparing the request failed", job.id)
+            self._fail(claim, job.id, "prepare_error", f"{type(exc).__name__}: {exc}", retryable=True)
         return None
 
     def _run_chunk(self, claim: queue.Claim, key: str, items: list[Prepared]) -> None:
@@ -363,6 +374,9 @@ class Heartbeat(threading.Thread):
             try:
                 held = queue.renew(self.db, self.claim, ids, self.lease_s)
                 registry.beat(self.db, self.owner)
+            except EgoqaError as exc:  # a full disk, a locked file: one line, try again
+                log.warning("heartbeat failed: %s", exc)
+                continue
             except Exception:  # a missed beat is not fatal; the next one may succeed
                 log.exception("heartbeat failed")
                 continue

@@ -9,8 +9,9 @@ import time
 import pytest
 import typer
 
-from conftest import enqueue_args
 from egoqa.cli import app
+
+from conftest import enqueue_args
 
 HEAVY = ("torch", "transformers", "decord", "qwen_vl_utils")
 

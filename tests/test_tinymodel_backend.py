@@ -6,12 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from fixtures_model import clip_24s, clip_frames, frames_of, tiny_backend  # noqa: F401
 
 from egoqa.backends.base import GenerationSettings, Request
 from egoqa.errors import ModelLoadError, OutOfMemory
 from egoqa.frames import SamplerSpec
 from egoqa.tinymodel import MARKER, SPECIAL_TOKENS, build_tiny_model
+
+from fixtures_model import clip_24s, clip_frames, frames_of, tiny_backend  # noqa: F401
 
 pytestmark = pytest.mark.model
 
@@ -212,13 +213,23 @@ def test_injected_oom_above_k_raises_out_of_memory(tiny_backend, monkeypatch):  
     assert len(tiny_backend.generate(requests[:1])) == 1
 
 
-def test_cpu_allocator_failure_is_out_of_memory(tiny_backend, monkeypatch):  # noqa: F811
+def test_cpu_allocator_failure_is_out_of_memory_and_frees_the_batch(tiny_backend, monkeypatch):  # noqa: F811
+    import weakref
+
+    import torch
+
+    held = []
+
     def fail(**_):
+        activations = torch.ones(1000)
+        held.append(weakref.ref(activations))
         raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
 
     monkeypatch.setattr(tiny_backend.model, "generate", fail)
-    with pytest.raises(OutOfMemory):
+    with pytest.raises(OutOfMemory) as info:
         tiny_backend.generate([Request(1, "q", generation=GREEDY)])
+    assert held[0]() is None  # the failed batch's tensors are gone before the worker retries
+    assert info.value.__cause__ is None and info.value.__context__ is None
     monkeypatch.setattr(tiny_backend.model, "generate", lambda **_: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # anything else is a bug, not memory
         tiny_backend.generate([Request(1, "q", generation=GREEDY)])

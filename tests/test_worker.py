@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from conftest import enqueue_args
 from egoqa.config import load_config
 from egoqa.store.db import open_db
 from egoqa.synth import write_synth_dataset
 from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_model
+
+from conftest import enqueue_args
 
 pytestmark = pytest.mark.model
 

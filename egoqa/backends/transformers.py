@@ -90,24 +90,30 @@ class TransformersBackend:
         if not requests:
             return []
         start = time.perf_counter()
+        oom = None
         try:
             _inject_oom(len(requests))
             outputs = self._generate_all(requests)
         except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc):
                 raise
+            oom = _first_line(exc)
+        if oom is not None:
+            # Only now, outside the handler: the error's traceback holds the batch's tensors.
             self.clear_memory()
             raise OutOfMemory(
                 f"a batch of {len(requests)} requests did not fit in {self.device} memory "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                "split the batch or lower max_pixels / frames"
-            ) from exc
+                f"({oom}); split the batch or lower max_pixels / frames"
+            )
         latency = time.perf_counter() - start
         return [_result(out, latency, len(requests)) for out in outputs]
 
     def free_memory_bytes(self) -> int | None:
+        """Bytes a batch could still use: free device memory plus what torch holds unused."""
         if self.device.startswith("cuda"):
-            return int(torch.cuda.mem_get_info(torch.device(self.device))[0])
+            device = torch.device(self.device)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(torch.cuda.mem_get_info(device)[0] + cached)
         import psutil
 
         return int(psutil.virtual_memory().available)
@@ -347,8 +353,13 @@ def _check_model_path(model: str) -> None:
         )
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _load_error(model: str, exc: Exception) -> ModelLoadError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = _first_line(exc)
     hint = " (offline: download it first, or set HF_HUB_OFFLINE=0)" if _offline() else ""
     return ModelLoadError(f"cannot load model {model!r}{hint}: {first}")
 

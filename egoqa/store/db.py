@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from egoqa.errors import DatabaseError, SchemaMismatch
 
@@ -48,16 +48,35 @@ def _check_sqlite_location(path: Path, readonly: bool) -> None:
             f"database directory {path.parent} does not exist: create it or pass --db with "
             "an existing directory"
         )
+    if path.is_dir():
+        raise DatabaseError(
+            f"database path {path} is a directory: pass --db with a file path, "
+            f"e.g. {path / DEFAULT_DB}"
+        )
     if readonly and not path.exists():
         raise DatabaseError(f"no database at {path}: run `egoqa enqueue` first or pass --db")
     if not readonly and path.exists() and not os.access(path, os.W_OK):
         raise DatabaseError(
             f"database {path} is read-only: make it writable, or use `egoqa sql`/`report` to read it"
         )
+    if not readonly and not os.access(path.parent, os.W_OK):
+        raise DatabaseError(
+            f"database directory {path.parent} is read-only (SQLite keeps its write-ahead log "
+            "beside the database): make it writable, or use `egoqa status`/`sql` to read it"
+        )
+
+
+def _readonly_uri(path: Path) -> str:
+    # A WAL reader needs a -shm file beside the database. In a read-only directory SQLite
+    # cannot create one, and no writer can work there either, so the file cannot change
+    # under us: read it as immutable instead of failing.
+    if not os.access(path.parent, os.W_OK) and not Path(f"{path}-shm").exists():
+        return f"file:{path}?mode=ro&immutable=1"
+    return f"file:{path}?mode=ro"
 
 
 def _sqlite_connect_factory(path: Path, readonly: bool):
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    uri = _readonly_uri(path) if readonly else f"file:{path}"
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -72,6 +91,8 @@ def _sqlite_connect_factory(path: Path, readonly: bool):
         conn.execute("PRAGMA temp_store = MEMORY")
         if readonly:
             conn.execute("PRAGMA query_only = ON")
+            # ATTACH would create the named file and open it read-write: refuse it outright.
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -120,6 +141,11 @@ def _make_server_engine(url: str, readonly: bool) -> Engine:
         raise DatabaseError(
             f"no driver for {make_url(url).get_backend_name()} ({exc.name}): "
             "pip install 'egoqa[postgres]'"
+        ) from None
+    except NoSuchModuleError:
+        raise DatabaseError(
+            f"unknown kind of database in {url!r}: pass a file path, sqlite:///PATH or "
+            "postgresql://..."
         ) from None
 
 
@@ -185,6 +211,18 @@ class SchemaState:
     def ok(self) -> bool:
         return self.current == self.head
 
+    @property
+    def newer(self) -> bool:
+        """The database was made by a later egoqa: a revision this code does not know."""
+        return self.current is not None and self.current not in known_revisions()
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return {rev.revision for rev in script.walk_revisions()}
+
 
 def schema_state(engine: Engine) -> SchemaState:
     return SchemaState(current_revision(engine), head_revision())
@@ -192,14 +230,10 @@ def schema_state(engine: Engine) -> SchemaState:
 
 def ensure_schema(engine: Engine, url: str, *, create: bool) -> None:
     """Upgrade when `create` (enqueue) and the schema is missing or old; else refuse a mismatch."""
-    from alembic.script import ScriptDirectory
-
     state = schema_state(engine)
     if state.ok:
         return
-    script = ScriptDirectory.from_config(alembic_config(url))
-    known = {rev.revision for rev in script.walk_revisions()}
-    if state.current is not None and state.current not in known:
+    if state.newer:
         raise SchemaMismatch(
             f"database schema {state.current} is newer than this egoqa (head {state.head}): "
             "upgrade egoqa (pip install -U egoqa) to use this database"
@@ -296,12 +330,17 @@ class Cursor:
         self.raw = cur
 
     def execute(self, stmt: str, params: dict | None = None):
-        if self.db.readonly and not self.db.is_sqlite:
-            # A prepared statement holds exactly one command, so `SET TRANSACTION READ WRITE;
-            # DELETE ...` cannot slip a write past the read-only transaction.
-            self.raw.execute(self.db.sql(stmt), params or {}, prepare=True)
+        if self.db.is_sqlite:
+            self.raw.execute(stmt, params or {})
+            return self.raw
+        # On a read-only handle a prepared statement holds exactly one command, so
+        # `SET TRANSACTION READ WRITE; DELETE ...` cannot slip a write past the read-only
+        # transaction. Without parameters the SQL runs as written: a literal '%' is data.
+        prepare = True if self.db.readonly else None
+        if params:
+            self.raw.execute(self.db.sql(stmt), params, prepare=prepare)
         else:
-            self.raw.execute(self.db.sql(stmt), params or {})
+            self.raw.execute(stmt, None, prepare=prepare)
         return self.raw
 
     def executemany(self, stmt: str, rows: list[dict]) -> None:
@@ -320,8 +359,13 @@ class Cursor:
         return self.raw.rowcount
 
 
-def _friendly_sqlite_error(exc: sqlite3.OperationalError, url: str) -> DatabaseError:
+def _friendly_sqlite_error(exc: sqlite3.Error, url: str) -> DatabaseError:
     msg = str(exc)
+    if "file is not a database" in msg:
+        return DatabaseError(
+            f"{url} is not an SQLite database ({msg}): pass --db with an egoqa database, "
+            "or a path where a new one may be created"
+        )
     if "readonly" in msg:
         return DatabaseError(f"cannot write to {url}: the file is read-only — make it writable")
     if "disk is full" in msg or "disk I/O error" in msg:
@@ -340,17 +384,23 @@ def open_db(
     """Open (and with `create`, create or upgrade) a database; refuse a schema mismatch."""
     url = resolve_url(db)
     engine = make_engine(url, readonly=readonly)
-    try:
+    with friendly_errors(url):
         ensure_schema(engine, url, create=create and not readonly)
-    except sqlite3.OperationalError as exc:
-        raise _friendly_sqlite_error(exc, url) from None
-    except Exception as exc:
-        from sqlalchemy.exc import OperationalError
-
-        if isinstance(exc, OperationalError):
-            orig = exc.orig
-            if isinstance(orig, sqlite3.OperationalError):
-                raise _friendly_sqlite_error(orig, url) from None
-            raise DatabaseError(f"cannot open {url}: {str(orig).strip().splitlines()[0]}") from None
-        raise
     return Database(url, engine, readonly)
+
+
+@contextmanager
+def friendly_errors(url: str):
+    """Driver errors while opening or inspecting a database, as one-line `DatabaseError`s."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:  # "file is not a database" is not an OperationalError
+        raise _friendly_sqlite_error(exc, url) from None
+    except DBAPIError as exc:
+        orig = exc.orig
+        if isinstance(orig, sqlite3.DatabaseError):
+            raise _friendly_sqlite_error(orig, url) from None
+        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        raise DatabaseError(f"cannot open {url}: {first}") from None
