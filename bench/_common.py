@@ -40,7 +40,11 @@ _TEMPLATES = (
     ("People: Who did I interact with when I did activity X?", 2.5, "Who was there when I {y}?"),
     ("People: Who did I talk to in location X?", 2.0, "Who did I talk to in the {x}?"),
     ("Objects: Where is my object X?", 1.6, "Where is my {x}?"),
-    ("People: When did I talk to or interact with person with role X?", 0.5, "When did I see the {x}?"),
+    (
+        "People: When did I talk to or interact with person with role X?",
+        0.5,
+        "When did I see the {x}?",
+    ),
 )
 
 
@@ -117,9 +121,7 @@ def nlq_shaped_dataset(
                     text = rng.choice(asked)
                 asked.append(text)
                 start = round(rng.uniform(0, durations[c] - 10), 2)
-                ds.queries.append(
-                    Query(uid, "ann-0", idx, text, template, start, start + 4.0, {})
-                )
+                ds.queries.append(Query(uid, "ann-0", idx, text, template, start, start + 4.0, {}))
             n += 1
     return ds
 

@@ -76,7 +76,9 @@ def egoqa_template(path: Path, n: int, spec: str, url: str | None = None) -> Non
     db = open_db(url or path, create=True)
     with db.write() as cur:
         if url:  # a scratch PostgreSQL database: start from empty tables
-            cur.execute("TRUNCATE job_results, job_deps, item_jobs, run_items, jobs, queries, clips")
+            cur.execute(
+                "TRUNCATE job_results, job_deps, item_jobs, run_items, jobs, queries, clips"
+            )
         cur.execute(
             "INSERT INTO clips (clip_uid, video_path, offset_sec, duration_sec, identity) "
             "VALUES ('clip-0', 'clip-0.mp4', 0, 480, 'x')"
@@ -314,8 +316,15 @@ def pg_raw_worker(target: str) -> Cycle:
         done = []
         with conn.transaction():
             for r in rows:
-                row = {**RESULT_COLUMNS, "job_id": r[0], "response": "ok", "responses": '["ok"]',
-                       "token": token, "owner": owner, "now": now}
+                row = {
+                    **RESULT_COLUMNS,
+                    "job_id": r[0],
+                    "response": "ok",
+                    "responses": '["ok"]',
+                    "token": token,
+                    "owner": owner,
+                    "now": now,
+                }
                 gen = conn.execute(done_sql, row).fetchone()
                 if gen is not None:
                     conn.execute(record_sql, {**row, "generation": gen[0]})
@@ -486,13 +495,22 @@ def main(argv: list[str]) -> int:
         f"\nN = {args.jobs:,} ready jobs (spec {len(spec):,} bytes), runs of at most "
         f"{args.seconds:g} s, {args.repeats} repeat(s); jobs/s, median (best)\n"
     )
-    print(table("Claim + complete, jobs/s", ["system", *cols, "dup"], [
-        summarize(name, results, args) for name, results in all_results.items()
-    ]))
+    print(
+        table(
+            "Claim + complete, jobs/s",
+            ["system", *cols, "dup"],
+            [summarize(name, results, args) for name, results in all_results.items()],
+        )
+    )
     if "egoqa (store API)" in all_results and len(all_results) > 1:
         print()
-        print(table("egoqa's rate ÷ each system's, paired by repeat: median (min–max)", ["", *cols],
-                    ratios(all_results, args)))
+        print(
+            table(
+                "egoqa's rate ÷ each system's, paired by repeat: median (min–max)",
+                ["", *cols],
+                ratios(all_results, args),
+            )
+        )
     dups = sum(m.dups for r in all_results.values() for ms in r.values() for m in ms)
     print(f"\nduplicates over all runs: {dups}")
     return 0

@@ -43,7 +43,7 @@ PACKAGES = (
     "sqlalchemy", "alembic", "pandas", "numpy", "matplotlib", "pydantic",
 )  # fmt: skip
 # metric: (its name in the summary table and the charts, its short head in breakdown tables)
-_NAMES = {
+METRIC_NAMES = {
     "coverage": ("coverage", "cov"),
     "r1_03": ("R@1 IoU>0.3", "R1@.3"),
     "r1_05": ("R@1 IoU>0.5", "R1@.5"),
@@ -296,10 +296,10 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     rows[0] = ("queries", s["n"])
     if s["unscored"]:
         rows.append(("unscored (run with --rescore)", s["unscored"]))
-    rows += [(_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
+    rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
     if s["best_of_n"]:
         label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
-        rows += [(f"{label}: {_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS]
+        rows += [(f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS]
     return ["metric", "value"], rows
 
 
@@ -307,7 +307,7 @@ def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]
     # Done and mean R@1 follow from the columns shown (and are in --json): a narrow terminal
     # still fits the rest beside a long template name.
     shown = [m for m in METRICS if m != "mean_r1"]
-    columns = [key, "n", "failed", "pending", *(_NAMES[k][1] for k in shown)]
+    columns = [key, "n", "failed", "pending", *(METRIC_NAMES[k][1] for k in shown)]
     rows = [
         (r[key], r["n"], r["failed"], r["pending"], *(_pct(r[k]) for k in shown)) for r in records
     ]
@@ -450,74 +450,9 @@ def write(db: Database, report: dict, out_dir: Path) -> list[Path]:
     frame = pd.DataFrame(data.rows)
     frame.insert(frame.columns.get_loc("state") + 1, "status", [status_of(r) for r in data.rows])
     frame.to_csv(paths[1], index=False)
+    from egoqa.charts import charts
+
     return paths + charts(report, out_dir)
-
-
-# --- charts (matplotlib's Agg canvas directly: no pyplot, no global backend) ---------------------
-
-_CHART_METRICS = ("coverage", "r1_03", "r1_05")
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _grouped_bars(
-    ax, labels: list[str], series: dict[str, list[float]], horizontal: bool, unit: str
-) -> None:
-    width = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        positions = [p + (i - (len(series) - 1) / 2) * width for p in range(len(labels))]
-        heights = [100 * (v or 0.0) for v in values]
-        bars = (ax.barh if horizontal else ax.bar)(positions, heights, width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-    ticks = range(len(labels))
-    if horizontal:
-        ax.set_yticks(ticks, labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(unit)
-        ax.set_xlim(0, 105)
-    else:
-        ax.set_xticks(ticks, labels, fontsize=8, rotation=30 if len(labels) > 6 else 0)
-        ax.set_ylabel(unit)
-        ax.set_ylim(0, 105)
-    ax.legend(fontsize=8)
-
-
-def _chart(path: Path, title: str, labels: list[str], series: dict, horizontal: bool) -> Path:
-    n = len(labels) * max(1, len(series)) / 3  # bar groups, in widths of three bars
-    fig = _figure(*((10, 1.2 + 0.45 * len(labels)) if horizontal else (max(6, 1.1 * n), 4.5)))
-    ax = fig.subplots()
-    unit = "% of queries" + ("" if "mIoU" not in series else " (mIoU: mean top-1 tIoU x 100)")
-    _grouped_bars(ax, labels, series, horizontal, unit)
-    ax.set_title(title)
-    fig.savefig(path)
-    return path
-
-
-def charts(report: dict, out_dir: Path) -> list[Path]:
-    """Accuracy by query type and by template, with n per bar; runs side by side if compared."""
-    import textwrap
-
-    run, paths = report["summary"]["run"], []
-    for key in ("query_type", "template"):
-        records = report["by_" + key]
-        labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
-        series = {_NAMES[m][0]: [r[m] for r in records] for m in _CHART_METRICS}
-        title = f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)"
-        paths.append(
-            _chart(out_dir / f"accuracy_by_{key}.png", title, labels, series, key == "template")
-        )
-    if report["compare"]:
-        labels = [f"{r['run']} (n={r['n']})" for r in report["compare"]]
-        series = {_NAMES[m][0]: [r[m] for r in report["compare"]] for m in METRICS}
-        paths.append(_chart(out_dir / "runs_compared.png", "runs compared", labels, series, False))
-    return paths
 
 
 # --- the official prediction file ----------------------------------------------------------------

@@ -70,6 +70,7 @@ def score_items(
     job_ids: Sequence[int] | None = None,
     run: str | None = None,
     only_unscored: bool = False,
+    stale_failures: bool = False,
 ) -> int:
     """Score run items (of the given graded jobs, of a run, or all); returns how many were scored."""
     where, params = ["1 = 1"], {}
@@ -84,6 +85,8 @@ def score_items(
         params["run"] = run
     if only_unscored:
         where.append("ri.scored_at IS NULL")
+    if stale_failures:  # graded jobs failed by an upstream failure or a reap, not scored since
+        where.append("j.state = 'failed' AND (ri.scored_at IS NULL OR ri.scored_at < j.finished_at)")
     with db.write() as cur:
         rows = cur.all(_SELECT + " WHERE " + " AND ".join(where), params)
         updates = [p for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))]

@@ -309,7 +309,7 @@ class Worker:
             self.stats.failed += 1
             from egoqa.scoring import score_items
 
-            score_items(self.db, job_ids=[job_id])
+            score_items(self.db, stale_failures=True)
         log.warning("job %d %s: %s%s", job_id, kind, message, "" if won else " (lease lost)")
 
     # -- sizes --

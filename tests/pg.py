@@ -22,9 +22,7 @@ from pathlib import Path
 
 import pytest
 
-NO_BINARIES = (
-    "no PostgreSQL server binaries (initdb/pg_ctl) found: install postgresql to run these"
-)
+NO_BINARIES = "no PostgreSQL server binaries (initdb/pg_ctl) found: install postgresql to run these"
 SUPERUSER = "postgres"
 
 

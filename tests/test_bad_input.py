@@ -57,7 +57,8 @@ def db(finished_db, db_path) -> Path:
     """A private copy of the finished database at the `cli` fixture's path."""
     src, dst = sqlite3.connect(finished_db), sqlite3.connect(db_path)
     src.backup(dst)
-    src.close(), dst.close()
+    src.close()
+    dst.close()
     assert len(done(db_path)) == 4
     return db_path
 
@@ -364,7 +365,8 @@ def test_the_supervisor_does_not_restart_workers_that_cannot_load_the_model(cli,
 def test_a_schema_newer_than_the_code_is_refused_by_every_command(cli, db, pristine):
     conn = sqlite3.connect(db)
     conn.execute("UPDATE alembic_version SET version_num = ?", (FUTURE_REVISION,))
-    conn.commit(), conn.close()
+    conn.commit()
+    conn.close()
     before = snapshot(db)
     message = (
         f"database schema {FUTURE_REVISION} is newer than this egoqa (head {head_revision()}): "
@@ -389,29 +391,26 @@ def test_a_schema_newer_than_the_code_is_refused_by_every_command(cli, db, prist
 
 @contextmanager
 def read_only(*paths: Path):
-    """Make files and directories unwritable, even for root (chattr +i) where chmod is no bar."""
-    if os.geteuid() != 0:
-        modes = {p: p.stat().st_mode for p in paths}
-        try:
-            for p in paths:
-                p.chmod(0o555 if p.is_dir() else 0o444)
-            yield
-        finally:
-            for p, mode in modes.items():
-                p.chmod(mode)
-        return
-    chattr = shutil.which("chattr")
+    """Make files and directories unwritable: chmod, and where that is no bar (root), chattr +i."""
+    modes = {p: p.stat().st_mode for p in paths}
+    chattr, immutable = shutil.which("chattr"), False
+    names = [str(p) for p in paths]
     try:
-        if not chattr or subprocess.run([chattr, "+i", *map(str, paths)]).returncode != 0:
-            pytest.skip(
-                "running as root, where chmod does not stop writes, and chattr +i is not "
-                "available here; test_a_write_on_a_read_only_connection_says_read_only "
-                "still covers the message"
-            )
+        for p in paths:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        if any(os.access(p, os.W_OK) for p in paths):
+            immutable = bool(chattr) and subprocess.run([chattr, "+i", *names]).returncode == 0
+            if not immutable:
+                pytest.skip(
+                    "chmod does not stop writes here (root) and chattr +i is not available; "
+                    "test_a_write_on_a_read_only_connection_says_read_only still covers the message"
+                )
         yield
     finally:
-        if chattr:
-            subprocess.run([chattr, "-i", *map(str, paths)], stderr=subprocess.DEVNULL)
+        if immutable:
+            subprocess.run([chattr, "-i", *names], check=True)
+        for p, mode in modes.items():
+            p.chmod(mode)
 
 
 def test_a_read_only_database_file_refuses_writers_and_still_serves_readers(cli, db, pristine):

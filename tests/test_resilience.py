@@ -7,6 +7,7 @@ store's claim/complete from spawned processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -195,6 +196,11 @@ def test_workers_killed_at_random_moments_lose_nothing_and_write_nothing_twice(
 # --- 2. zombie --------------------------------------------------------------------------------
 
 
+def leases_expired(db_path: Path) -> bool:
+    (latest,) = query(db_path, "SELECT MAX(lease_expires_at) FROM jobs WHERE state='running'")[0]
+    return latest is not None and latest < time.time()
+
+
 def stop_outside_a_write(proc: subprocess.Popen, db_path: Path) -> None:
     """SIGSTOP, retried until the paused process holds no SQLite write lock (a paused writer
     would block everyone: a property of SQLite itself, not what this test is about)."""
@@ -226,14 +232,7 @@ def test_paused_worker_that_lost_its_lease_cannot_overwrite_and_carries_on(
         time.sleep(0.3)  # into the slow generate
         stop_outside_a_write(zombie, db_path)
         held = holders(db_path)[zombie.pid]
-        wait_for(
-            lambda: query(db_path, "SELECT MAX(lease_expires_at) FROM jobs WHERE state='running'")[
-                0
-            ][0]
-            < time.time(),
-            10,
-            "the paused worker's lease to expire",
-        )
+        wait_for(lambda: leases_expired(db_path), 10, "the paused worker's lease to expire")
         rescuer = workers.start("--single", "--until-done", "--batch-size", "4", delay_s=0)
         assert rescuer.wait(timeout=120) == 0, workers.tail()
         writers = query(db_path, "SELECT DISTINCT worker_id FROM job_results")
@@ -276,10 +275,8 @@ def kill_leftovers(proc: subprocess.Popen, worker_pids: list[int]) -> None:
         proc.wait()
     for pid in worker_pids:
         if pid != proc.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def work_args(workers: int, *extra: str) -> tuple[str, ...]:

@@ -155,6 +155,8 @@ def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(
     kinds = {r["turn_name"]: r["error_kind"] for r in rows}
     assert {r["state"] for r in rows} == {"failed"}
     assert kinds["stages"] == "oom" and kinds["segments"] == "upstream" and kinds["answer"] == "upstream"
+    with open_db(db_path).read() as cur:  # graded jobs failed upstream are scored as misses too
+        assert cur.all("SELECT DISTINCT outcome, correct FROM run_items") == [("failed", 0)]
 
 
 def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(cli, small, tiny_model, db_path):
