@@ -136,13 +136,22 @@ class _Planner:
         self.per_clip = style.per_clip()
         self.jobs: dict[str, queue.NewJob] = {}
         self.chains: list[tuple[int, list[str]]] = []  # (query id, key per turn)
+        # A per-clip turn's spec is the same for every query on the clip: hash it once per clip.
+        self.clip_keys: dict[tuple[str, str], str] = {}
 
     def plan_query(self, clip: Clip, q: Query) -> None:
         qid = self.query_ids[(q.clip_uid, q.annotation_uid, q.query_idx)]
         keys: dict[str, str] = {}
         for index, turn in enumerate(self.style.turns):
+            shared = self.per_clip[turn.name]
+            key = self.clip_keys.get((clip.clip_uid, turn.name)) if shared else None
+            if key is not None:
+                keys[turn.name] = key
+                continue
             spec = turn_spec(turn, self.config, clip, self.identities[clip.clip_uid], q, keys)
             key = keys[turn.name] = job_key(spec)
+            if shared:
+                self.clip_keys[(clip.clip_uid, turn.name)] = key
             if key not in self.jobs:
                 self.jobs[key] = self._new_job(
                     key, spec, turn, index, clip, None if self.per_clip[turn.name] else qid
@@ -197,7 +206,7 @@ def _upsert_clips(cur: Cursor, clips: list[Clip], identities: dict[str, str]) ->
             {
                 "clip_uid": c.clip_uid,
                 "video_uid": c.video_uid,
-                "video_path": str(c.video_path),
+                "video_path": str(Path(c.video_path).absolute()),
                 "offset_sec": c.offset_sec,
                 "duration_sec": c.duration_sec,
                 "identity": identities[c.clip_uid],

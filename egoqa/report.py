@@ -299,7 +299,9 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
     if s["best_of_n"]:
         label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
-        rows += [(f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS]
+        rows += [
+            (f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS
+        ]
     return ["metric", "value"], rows
 
 

@@ -86,7 +86,9 @@ def score_items(
     if only_unscored:
         where.append("ri.scored_at IS NULL")
     if stale_failures:  # graded jobs failed by an upstream failure or a reap, not scored since
-        where.append("j.state = 'failed' AND (ri.scored_at IS NULL OR ri.scored_at < j.finished_at)")
+        where.append(
+            "j.state = 'failed' AND (ri.scored_at IS NULL OR ri.scored_at < j.finished_at)"
+        )
     with db.write() as cur:
         rows = cur.all(_SELECT + " WHERE " + " AND ".join(where), params)
         updates = [p for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))]

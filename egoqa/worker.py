@@ -200,9 +200,13 @@ class Worker:
             return Prepared(job, request, context)
         except VideoError as exc:
             self._fail(claim, job.id, exc.kind, str(exc))
-        except Exception as exc:  # a bug preparing one job must not take the worker (and its batch) down
+        except (
+            Exception
+        ) as exc:  # a bug preparing one job must not take the worker (and its batch) down
             log.exception("job %d: preparing the request failed", job.id)
-            self._fail(claim, job.id, "prepare_error", f"{type(exc).__name__}: {exc}", retryable=True)
+            self._fail(
+                claim, job.id, "prepare_error", f"{type(exc).__name__}: {exc}", retryable=True
+            )
         return None
 
     def _run_chunk(self, claim: queue.Claim, key: str, items: list[Prepared]) -> None:

@@ -25,7 +25,7 @@ from test_store_contract import assert_each_job_claimed_once, enqueue_independen
 from egoqa.store.db import open_db, resolve_url
 from egoqa.synth import write_synth_dataset
 
-from conftest import enqueue_args
+from conftest import Cli, enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401
 
 DELAY_ENV = "EGOQA_FAKE_DELAY_S"
@@ -78,7 +78,7 @@ def plan(cli, dataset, *settings: str) -> dict:
 
 
 def query(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    with sqlite3.connect(db_path, timeout=30) as conn:
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as conn:
         return conn.execute(sql, params).fetchall()
 
 
@@ -137,8 +137,6 @@ def integrity(db_path: Path) -> list[tuple]:
 def test_workers_killed_at_random_moments_lose_nothing_and_write_nothing_twice(
     chaos_synth, tmp_path, record_property
 ):
-    from conftest import Cli
-
     seed = int(os.environ.get("EGOQA_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     db, ref = tmp_path / "chaos.db", tmp_path / "reference.db"
@@ -227,6 +225,7 @@ def test_paused_worker_that_lost_its_lease_cannot_overwrite_and_carries_on(
     zombie = workers.start(
         "--single", "--until-done", "--batch-size", "4", "--lease", "3", delay_s=4
     )
+    rescuer = None
     try:
         held = wait_for(lambda: holders(db_path).get(zombie.pid), 60, "the worker to claim")
         time.sleep(0.3)  # into the slow generate
@@ -240,9 +239,8 @@ def test_paused_worker_that_lost_its_lease_cannot_overwrite_and_carries_on(
         zombie.send_signal(signal.SIGCONT)
         assert zombie.wait(timeout=60) == 0, workers.tail()
     finally:
-        for p in (zombie,):
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
+        for p in (zombie, rescuer):
+            if p is not None and p.poll() is None:
                 p.kill()
     log = zombie.log_path.read_text()
     assert re.search(rf"\b{len(held)} lost lease", log), log[-2000:]

@@ -12,6 +12,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -27,6 +28,8 @@ def resolve_url(db: str | os.PathLike | None) -> str:
     """A path or URL (or $EGOQA_DB, or ./egoqa.db) as a SQLAlchemy URL string."""
     db = str(db or os.environ.get("EGOQA_DB") or DEFAULT_DB)
     if "://" not in db:
+        if "?" in db:  # SQLAlchemy URLs read "?" as the start of query parameters
+            raise DatabaseError(f"database path {db!r} contains '?': rename it or its directory")
         return "sqlite:///" + str(Path(db).expanduser().absolute())
     try:
         make_url(db)
@@ -71,12 +74,12 @@ def _readonly_uri(path: Path) -> str:
     # cannot create one, and no writer can work there either, so the file cannot change
     # under us: read it as immutable instead of failing.
     if not os.access(path.parent, os.W_OK) and not Path(f"{path}-shm").exists():
-        return f"file:{path}?mode=ro&immutable=1"
-    return f"file:{path}?mode=ro"
+        return f"file:{quote(str(path))}?mode=ro&immutable=1"
+    return f"file:{quote(str(path))}?mode=ro"
 
 
 def _sqlite_connect_factory(path: Path, readonly: bool):
-    uri = _readonly_uri(path) if readonly else f"file:{path}"
+    uri = _readonly_uri(path) if readonly else f"file:{quote(str(path))}"
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(
