@@ -201,8 +201,9 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
 def banner(name: str, argv: Sequence[str]) -> str:
     """What ran, where and when: the line to quote above a results table."""
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    command = " ".join(["python", f"bench/{name}.py", *argv])
     return (
-        f"{name} — {today} — `python bench/{name}.py {' '.join(argv)}`".rstrip()
+        f"{name} — {today} — `{command}`"
         + f"\n(Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
         f"{os.cpu_count()} CPUs, {platform.machine()})"
     )

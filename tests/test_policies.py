@@ -1,0 +1,78 @@
+"""Pure policies, alone: GPU groups, restart backoff, batch sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from egoqa import batching
+from egoqa.errors import ConfigError
+from egoqa.supervisor import backoff, gpu_groups, parse_gpus
+
+
+@pytest.mark.parametrize(
+    "spec, ids",
+    [
+        ("0-7", [str(i) for i in range(8)]),
+        ("0,2,4", ["0", "2", "4"]),
+        ("1-2,6", ["1", "2", "6"]),
+        ("3", ["3"]),
+    ],
+)
+def test_gpu_lists_and_ranges_parse(spec, ids):
+    assert parse_gpus(spec) == ids
+
+
+@pytest.mark.parametrize("spec", ["a-b", "", "0-", "-1"])
+def test_bad_gpu_lists_say_how_to_write_them(spec):
+    with pytest.raises(ConfigError, match="GPU"):
+        parse_gpus(spec)
+
+
+def test_gpus_split_into_groups_or_say_why_not():
+    assert gpu_groups(parse_gpus("0-7"), 4) == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
+    with pytest.raises(ConfigError, match="groups of 3"):
+        gpu_groups(parse_gpus("0-7"), 3)
+
+
+def test_restart_backoff_doubles_up_to_a_minute():
+    assert [backoff(n) for n in (1, 2, 3, 4, 10)] == [1, 2, 4, 8, 60]
+
+
+def test_visual_tokens_match_qwen_geometry():
+    # 8 frames at 448 px: 4 temporal groups x 16 x 16 merged patches
+    assert batching.visual_tokens(8, 448) == 4 * 16 * 16
+    assert batching.visual_tokens(7, 112) == 4 * 4 * 4
+
+
+def test_auto_batch_size_is_free_memory_over_per_sample_bounded_by_what_was_learned():
+    gib = 2**30
+    per = batching.per_sample_bytes(
+        {"kind": "none"}, 1, per_sample_gb=2.0, gb_per_1k_visual_tokens=1, base_gb=0
+    )
+    assert per == 2 * gib
+    assert batching.auto_batch_size(20 * gib, per, 64) == 10
+    assert batching.auto_batch_size(20 * gib, per, 4) == 4
+    assert batching.auto_batch_size(gib, per, 64) == 1
+    assert batching.auto_batch_size(20 * gib, per, 64, learned=(3, 4)) == 3
+    assert batching.auto_batch_size(None, per, 16, learned=(None, 9)) == 8
+
+
+def test_per_sample_estimate_grows_with_visual_tokens_and_samples():
+    media = {
+        "kind": "frames",
+        "sampler": {"kind": "uniform", "frames": 8, "fps": 1.0, "max_edge": 448, "max_frames": 768},
+    }
+    one = batching.per_sample_bytes(
+        media, 1, per_sample_gb=None, gb_per_1k_visual_tokens=1.5, base_gb=0.5
+    )
+    assert one == pytest.approx((0.5 + 1.5 * 1024 / 1000) * 2**30)
+    assert (
+        batching.per_sample_bytes(
+            media, 5, per_sample_gb=None, gb_per_1k_visual_tokens=1.5, base_gb=0.5
+        )
+        == 5 * one
+    )
+
+
+def test_split_halves():
+    assert batching.split([1, 2, 3, 4, 5]) == ([1, 2], [3, 4, 5])
