@@ -15,6 +15,10 @@ of its database, all SQLite files in WAL mode:
 - litequeue 0.9: `pop` + `done` (no lease owner or token), n single calls per batch;
 - with `--postgres URL`: egoqa and raw psycopg on PostgreSQL (`FOR UPDATE SKIP LOCKED`).
 
+`--children` gives every job a blocked child, as a multi-turn plan has: completing a job then
+promotes its child, and the table holds as many blocked jobs as ready ones (egoqa and the raw
+SQL only).
+
 Workers run until the queue is empty or `--seconds` have passed (litequeue is far too slow to
 drain N jobs); the rate is unique jobs completed ÷ wall time from a common start signal to
 the last worker's end. `dup` counts jobs claimed (or completed) more than once — must be 0.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing as mp
+import queue as queue_module
 import shutil
 import sqlite3
 import statistics
@@ -68,8 +73,11 @@ def job_key(i: int) -> str:
     return hashlib.sha256(f"bench-job-{i}".encode()).hexdigest()
 
 
-def egoqa_template(path: Path, n: int, spec: str, url: str | None = None) -> None:
-    """An egoqa database (migrated schema) holding n ready jobs of MODEL."""
+def egoqa_template(
+    path: Path, n: int, spec: str, url: str | None = None, children: bool = False
+) -> None:
+    """An egoqa database (migrated schema) holding n ready jobs of MODEL (each with a blocked
+    child job when `children`: the shape of a multi-turn plan)."""
     from egoqa.store import queue
     from egoqa.store.db import open_db
 
@@ -84,10 +92,15 @@ def egoqa_template(path: Path, n: int, spec: str, url: str | None = None) -> Non
             "VALUES ('clip-0', 'clip-0.mp4', 0, 480, 'x')"
         )
         clip_id = cur.one("SELECT id FROM clips WHERE clip_uid = 'clip-0'")
-        jobs = [
-            queue.NewJob(job_key(i), MODEL, "segments", 2, clip_id, None, spec, "none")
-            for i in range(n)
-        ]
+        jobs = []
+        for i in range(n):
+            jobs.append(queue.NewJob(job_key(i), MODEL, "segments", 2, clip_id, None, spec, "none"))
+            if children:
+                parent = (job_key(i),)
+                jobs.append(
+                    queue.NewJob(job_key(n + i), MODEL, "answer", 3, clip_id, None, spec, "none",
+                                 parent_keys=parent)
+                )  # fmt: skip
         queue.enqueue(cur, jobs)
     db.dispose()
     if url is None:
@@ -213,12 +226,14 @@ def complete_raw(conn, owner: str, token: str, ids: list[int]) -> list[int]:
         ).fetchall()
     )
     won = [r for r in rows if r["job_id"] in gens]
-    conn.executemany(queue.COMPLETE.replace("RETURNING generation", ""), won)
+    conn.executemany(queue.COMPLETE, won)
     conn.executemany(queue.RECORD, [{**r, "generation": gens[r["job_id"]]} for r in won])
-    children = conn.execute(
-        f"SELECT job_id FROM job_deps WHERE parent_id IN ({marks})", ids
-    ).fetchall()
-    assert not children  # the benchmark's jobs have none; promotion is then this one query
+    children = [
+        r[0] for r in conn.execute(f"SELECT job_id FROM job_deps WHERE parent_id IN ({marks})", ids)
+    ]
+    if children:
+        frag, params = queue._in("j", children)
+        conn.execute(queue.PROMOTE.format(ids=frag, state="+state"), params)
     conn.execute("COMMIT")
     return [r["job_id"] for r in won]
 
@@ -312,24 +327,26 @@ def pg_raw_worker(target: str) -> Cycle:
         token, now = queue.new_token(), time.time()
         params = {"owner": owner, "token": token, "expires": now + LEASE_S, "now": now}
         with conn.transaction():
-            rows = conn.execute(claim_sql, {**params, "model": MODEL, "n": batch}).fetchall()
-        done = []
-        with conn.transaction():
-            for r in rows:
-                row = {
-                    **RESULT_COLUMNS,
-                    "job_id": r[0],
-                    "response": "ok",
-                    "responses": '["ok"]',
-                    "token": token,
-                    "owner": owner,
-                    "now": now,
-                }
-                gen = conn.execute(done_sql, row).fetchone()
-                if gen is not None:
-                    conn.execute(record_sql, {**row, "generation": gen[0]})
-                    done.append(r[0])
-        return [r[0] for r in rows], done
+            ids = [r[0] for r in conn.execute(claim_sql, {**params, "model": MODEL, "n": batch})]
+        if not ids:
+            return [], []
+        rows = [
+            {**RESULT_COLUMNS, "job_id": i, "response": "ok", "responses": '["ok"]', **params}
+            for i in ids
+        ]
+        with conn.transaction(), conn.cursor() as cur:
+            held = dict(
+                cur.execute(
+                    "SELECT id, generation FROM jobs WHERE id = ANY(%s) AND state = 'running' "
+                    "AND lease_token = %s FOR UPDATE",
+                    (ids, token),
+                ).fetchall()
+            )
+            won = [{**r, "generation": held[r["job_id"]]} for r in rows if r["job_id"] in held]
+            cur.executemany(done_sql, won)
+            cur.executemany(record_sql, won)
+            cur.execute("SELECT job_id FROM job_deps WHERE parent_id = ANY(%s)", (ids,))
+        return ids, [r["job_id"] for r in won]
 
     return cycle
 
@@ -399,7 +416,17 @@ def measure(worker, target: str, procs: int, batch: int, seconds: float) -> Meas
         ready.get(timeout=120)
     t0 = time.monotonic()
     start.set()
-    results = [out.get(timeout=seconds + 300) for _ in children]
+    results = []
+    while len(results) < len(children):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue_module.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead:
+                for c in children:
+                    c.kill()
+                code = dead[0].exitcode
+                raise RuntimeError(f"a {worker.__name__} process failed (exit {code})") from None
     for c in children:
         c.join()
     claimed = [i for r in results for i in r[0]]
@@ -416,7 +443,10 @@ def run_all(systems: list[System], workdir: Path, spec: str, args) -> dict[str, 
     for system in systems:
         templates[system.name] = workdir / f"{system.worker.__name__}.template{system.suffix}"
         if system.template is not None:
-            system.template(templates[system.name], args.jobs, spec)
+            if system.template is egoqa_template:
+                egoqa_template(templates[system.name], args.jobs, spec, children=args.children)
+            else:
+                system.template(templates[system.name], args.jobs, spec)
     results: dict[str, dict] = {s.name: {} for s in systems}
     for procs in args.procs:
         for batch in args.batches:
@@ -431,7 +461,7 @@ def run_all(systems: list[System], workdir: Path, spec: str, args) -> dict[str, 
 
 def _fresh_copy(system: System, template: Path, workdir: Path, spec: str, args) -> str:
     if system.template is None:  # PostgreSQL: refill the scratch database
-        egoqa_template(template, args.jobs, spec, url=args.postgres)
+        egoqa_template(template, args.jobs, spec, url=args.postgres, children=args.children)
         return args.postgres
     target = workdir / f"run{system.suffix}"
     for extra in ("-wal", "-shm"):
@@ -452,13 +482,17 @@ def summarize(name: str, results, args) -> list:
 
 
 def ratios(all_results: dict[str, dict], args) -> list[list]:
-    """egoqa's rate over each other system's: median (min–max) of the per-repeat ratios."""
-    ours = all_results["egoqa (store API)"]
+    """egoqa's rate over each other system's on the same database engine: median (min–max) of
+    the per-repeat ratios."""
     rows = []
     for name, results in all_results.items():
         if name.startswith("egoqa"):
             continue
-        row: list = [f"egoqa ÷ {name}"]
+        ours_name = "egoqa on PostgreSQL" if "psycopg" in name else "egoqa (store API)"
+        ours = all_results.get(ours_name)
+        if ours is None:
+            continue
+        row: list = [f"{ours_name} ÷ {name}"]
         for procs in args.procs:
             for batch in args.batches:
                 pairs = zip(ours[(procs, batch)], results[(procs, batch)], strict=True)
@@ -476,13 +510,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--postgres", metavar="URL", help="also measure on this PostgreSQL")
     parser.add_argument("--only", help="measure only systems whose name contains this")
+    parser.add_argument(
+        "--children",
+        action="store_true",
+        help="give every job a blocked child (completing it promotes the child); egoqa and "
+        "raw SQL only, since huey and litequeue have no dependencies",
+    )
     args = parser.parse_args(argv)
     args.procs, args.batches = [1, 4], [1, 8, 64]
     if args.quick:
-        args.jobs, args.seconds, args.repeats, args.procs, args.batches = 400, 0.3, 1, [1, 2], [8]
+        args.jobs, args.seconds, args.repeats, args.procs, args.batches = 400, 0.3, 1, [2], [8]
     print(banner("queue_throughput", argv))
     spec = realistic_spec()
     systems = [s for s in SYSTEMS if not args.only or args.only in s.name]
+    if args.children:
+        systems = [s for s in systems if s.template is egoqa_template and "minimal" not in s.name]
     if args.postgres:
         systems += [
             System("egoqa on PostgreSQL", egoqa_worker, None),
@@ -492,7 +534,9 @@ def main(argv: list[str]) -> int:
         all_results = run_all(systems, Path(tmp), spec, args)
     cols = [f"batch {b}, {p} proc{'s' if p > 1 else ''}" for p in args.procs for b in args.batches]
     print(
-        f"\nN = {args.jobs:,} ready jobs (spec {len(spec):,} bytes), runs of at most "
+        f"\nN = {args.jobs:,} ready jobs"
+        + (f", each with a blocked child ({2 * args.jobs:,} jobs)" if args.children else "")
+        + f" (spec {len(spec):,} bytes), runs of at most "
         f"{args.seconds:g} s, {args.repeats} repeat(s); jobs/s, median (best)\n"
     )
     print(
@@ -502,7 +546,7 @@ def main(argv: list[str]) -> int:
             [summarize(name, results, args) for name, results in all_results.items()],
         )
     )
-    if "egoqa (store API)" in all_results and len(all_results) > 1:
+    if len(all_results) > 1:
         print()
         print(
             table(

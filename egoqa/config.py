@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from egoqa import tomlfiles
 from egoqa.errors import ConfigError
 
 
@@ -85,34 +84,11 @@ def allowed_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[s
 
 
 def preset_names() -> list[str]:
-    files = resources.files("egoqa") / "presets"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+    return tomlfiles.shipped("presets")
 
 
 def _read_toml(name_or_path: str) -> tuple[dict, str]:
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} does not exist: pass a preset ({', '.join(preset_names())}) or a TOML file"
-            )
-        try:
-            text, origin = path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"config file {path} cannot be read ({exc}): save it as UTF-8 TOML and check its permissions"
-            ) from None
-    else:
-        res = resources.files("egoqa") / "presets" / f"{name_or_path}.toml"
-        if not res.is_file():
-            raise ConfigError(
-                f"unknown config {name_or_path!r}: use one of {', '.join(preset_names())} or a path to a TOML file"
-            )
-        text, origin = res.read_text(), f"preset {name_or_path}"
-    try:
-        return tomllib.loads(text), origin
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{origin} is not valid TOML: {exc}") from None
+    return tomlfiles.load(name_or_path, "presets", "config", ConfigError)
 
 
 def _parse_value(raw: str) -> Any:

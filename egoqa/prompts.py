@@ -10,12 +10,11 @@ per-clip: computed once per clip and shared by every query on it.
 from __future__ import annotations
 
 import string
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from egoqa import tomlfiles
 from egoqa.errors import StyleError
 
 MEDIA = ("none", "frames", "segments")
@@ -93,34 +92,11 @@ class Style:
 
 
 def style_names() -> list[str]:
-    files = resources.files("egoqa") / "styles"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+    return tomlfiles.shipped("styles")
 
 
 def load_style(name_or_path: str) -> Style:
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise StyleError(
-                f"style file {path} does not exist: use one of {', '.join(style_names())} or a TOML file"
-            )
-        try:
-            text, origin = path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StyleError(
-                f"style file {path} cannot be read ({exc}): save it as UTF-8 TOML and check its permissions"
-            ) from None
-    else:
-        res = resources.files("egoqa") / "styles" / f"{name_or_path}.toml"
-        if not res.is_file():
-            raise StyleError(
-                f"unknown prompt style {name_or_path!r}: use one of {', '.join(style_names())} or a path to a TOML file"
-            )
-        text, origin = res.read_text(), f"style {name_or_path}"
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise StyleError(f"{origin} is not valid TOML: {exc}") from None
+    data, origin = tomlfiles.load(name_or_path, "styles", "prompt style", StyleError)
     return parse_style(data, origin)
 
 

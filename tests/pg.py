@@ -60,7 +60,7 @@ def _run_as() -> dict:
         pw = pwd.getpwnam(SUPERUSER)
     except KeyError:
         pytest.skip("running as root and no 'postgres' user to run the PostgreSQL server as")
-    return {"user": pw.pw_uid, "group": pw.pw_gid}
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""TOML files by name (shipped inside the package) or by path: presets and prompt styles."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from egoqa.errors import EgoqaError
+
+
+def shipped(folder: str) -> list[str]:
+    """Names of the TOML files shipped in `egoqa/<folder>/`."""
+    files = resources.files("egoqa") / folder
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str, folder: str, what: str, error: type[EgoqaError]) -> tuple[dict, str]:
+    """Parse a shipped file by name or a user's file by path; returns (data, where it came from)."""
+    path = Path(name_or_path)
+    choices = ", ".join(shipped(folder))
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise error(f"{what} file {path} does not exist: use one of {choices} or a TOML file")
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise error(
+                f"{what} file {path} cannot be read ({exc}): save it as UTF-8 TOML and check its permissions"
+            ) from None
+    else:
+        res = resources.files("egoqa") / folder / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise error(
+                f"unknown {what} {name_or_path!r}: use one of {choices} or a path to a TOML file"
+            )
+        text, origin = res.read_text(encoding="utf-8"), f"{what} {name_or_path}"
+    try:
+        return tomllib.loads(text), origin
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{origin} is not valid TOML: {exc}") from None
