@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from egoqa import batching
@@ -152,7 +153,12 @@ class Worker:
             if time.time() - last_reap > self.opts.reap_every_s:
                 queue.reap(self.db)
                 last_reap = time.time()
-            self.claim = queue.claim(self.db, self.id, self.model, self._claim_size(), self.lease_s)
+            with (
+                _signals_deferred()
+            ):  # a stop between COMMIT and this assignment would strand the batch
+                self.claim = queue.claim(
+                    self.db, self.id, self.model, self._claim_size(), self.lease_s
+                )
             if self.claim.jobs:
                 idle = 0
                 self._process(self.claim)
@@ -392,6 +398,20 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+@contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM (delivered on exit) while a claim is made and recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _install_stop_handlers():
