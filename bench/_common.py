@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egoqa.dataset import Clip, Dataset, Query, Skipped
+from egoqa.synth import TEMPLATES
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -26,26 +27,6 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 # videos; 6 queries have no text (the loader skips them) and 72 repeat a text already asked on
 # the same clip, so 4,548 queries are usable and 4,476 (clip, text) pairs are distinct.
 NLQ_V2_VAL = {"videos": 303, "clips": 415, "queries": 4554, "no_text": 6, "repeats": 72}
-
-_TEMPLATES = (
-    ("Objects: Where is object X before / after event Y?", 16.5, "Where was the {x} before I {y}?"),
-    ("Place: Where did I put X?", 15.9, "Where did I put the {x}?"),
-    ("Objects: Where is object X?", 12.1, "Where is the {x}?"),
-    ("Objects: What did I put in X?", 12.0, "What did I put in the {x}?"),
-    ("Objects: How many X’s? (quantity question)", 8.5, "How many {x}s did I see?"),
-    ("Objects: In what location did I see object X ?", 7.9, "In what location did I see the {x}?"),
-    ("Objects: What X did I Y?", 7.7, "What {x} did I {y}?"),
-    ("Objects: What X is Y?", 7.3, "What colour is the {x}?"),
-    ("Objects: State of an object", 5.2, "Did I leave the {x} open?"),
-    ("People: Who did I interact with when I did activity X?", 2.5, "Who was there when I {y}?"),
-    ("People: Who did I talk to in location X?", 2.0, "Who did I talk to in the {x}?"),
-    ("Objects: Where is my object X?", 1.6, "Where is my {x}?"),
-    (
-        "People: When did I talk to or interact with person with role X?",
-        0.5,
-        "When did I see the {x}?",
-    ),
-)
 
 
 def skewed_counts(total: int, bins: int, seed: int, sigma: float = 0.7) -> list[int]:
@@ -76,7 +57,7 @@ def _text(rng: random.Random, used: set[str]) -> tuple[str, str]:
     objects = ("knife", "cup", "phone", "drawer", "fridge", "bag", "screwdriver", "bowl", "tape")
     events = ("washed the dishes", "opened the door", "cut the onion", "picked up the box")
     while True:
-        template, _, pattern = rng.choices(_TEMPLATES, weights=[t[1] for t in _TEMPLATES])[0]
+        template, _, pattern = rng.choices(TEMPLATES, weights=[t[1] for t in TEMPLATES])[0]
         colour = rng.choice(("red", "blue", "small", "old", "white", "metal", "green", "big"))
         x = f"{colour} {rng.choice(objects)} #{rng.randrange(10_000)}"
         text = pattern.format(x=x, y=rng.choice(events))

@@ -20,12 +20,13 @@ sets the jobs ask for (computed here from the stored jobs) — the target — an
 pipeline without sharing would decode (one per job that shows frames, per query).
 
 Reproduce: `.venv/bin/python bench/decoding.py` (renders the clip once into `bench/.cache/`,
-about a minute; then ~5 minutes on 2 cores); `--quick` uses a 1-minute clip and one repeat.
+about a minute; then 1-2 minutes on 2 cores); `--quick` uses a 1-minute clip and one repeat.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -42,6 +43,7 @@ from egoqa.frames import FrameDecoder, SamplerSpec, resized_size, sample_timesta
 from egoqa.synth import is_rendered, read_frame_index, render_clip
 
 FPS, SIZE, GOP, MAX_EDGE = 30, (640, 360), 250, 224
+ORIGINAL = "original: OpenCV seek per frame + JPEG write, read back"
 
 
 def clip(duration: float) -> Path:
@@ -144,11 +146,14 @@ def part1(path: Path, duration: float, repeats: int) -> tuple[list[list], int]:
     warm = egoqa_warm_factory()
     methods = {
         "egoqa FrameDecoder (decord, resize at decode), cold": egoqa_cold,
-        "original: OpenCV seek per frame + JPEG write, read back": original,
+        ORIGINAL: original,
         "OpenCV sequential (grab all, retrieve sampled)": opencv_sequential,
         "PyAV sequential": pyav_sequential,
         "egoqa FrameDecoder, same clip again (cache hit)": warm,
     }
+    if importlib.util.find_spec("cv2") is None:
+        print("skipped the OpenCV methods: opencv is not installed (pip install 'egoqa[bench]')")
+        methods = {k: v for k, v in methods.items() if v not in (original, opencv_sequential)}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):  # interleaved, so machine load hits every method alike
         for name, fn in methods.items():
@@ -156,11 +161,14 @@ def part1(path: Path, duration: float, repeats: int) -> tuple[list[list], int]:
             array = fn(path, timestamps, duration)
             times[name].append(getattr(fn, "last_s", time.perf_counter() - t0))
             check(array, timestamps)
-    base = statistics.median(times["original: OpenCV seek per frame + JPEG write, read back"])
+    base = statistics.median(times[ORIGINAL]) if ORIGINAL in times else None
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
-        speed = f"{base / med:.1f}×" if med and base / med < 1000 else "> 1,000×"
+        if base is None:
+            speed = "–"
+        else:
+            speed = f"{base / med:.1f}×" if med and base / med < 1000 else "> 1,000×"
         rows.append([name, f"{min(ts):.3g} / {med:.3g}", speed])
     return rows, len(timestamps)
 

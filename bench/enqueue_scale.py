@@ -10,7 +10,7 @@ Style `stage_analysis` under the `coarse` preset (4 turns: the most jobs per que
 `enqueue_run` into a fresh SQLite file (clips, queries, jobs, dependencies, run items), "again"
 the same call repeated on that file: it must create nothing. Targets: < 3 s and < 60 s.
 
-Reproduce: `.venv/bin/python bench/enqueue_scale.py` (about 3 minutes on 2 cores);
+Reproduce: `.venv/bin/python bench/enqueue_scale.py` (1-2 minutes on 2 cores);
 `--quick` for a smoke run.
 """
 

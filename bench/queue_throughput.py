@@ -24,7 +24,7 @@ drain N jobs); the rate is unique jobs completed ÷ wall time from a common star
 the last worker's end. `dup` counts jobs claimed (or completed) more than once — must be 0.
 Reported: median (best) of `--repeats` runs.
 
-Reproduce: `.venv/bin/python bench/queue_throughput.py` (about 6 minutes on 2 cores);
+Reproduce: `.venv/bin/python bench/queue_throughput.py` (about 5 minutes on 2 cores);
 `--quick` for a smoke run; `--postgres postgresql://user@host/db` adds PostgreSQL (its tables
 are emptied first: use a scratch database).
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import multiprocessing as mp
 import queue as queue_module
 import shutil
@@ -368,6 +369,7 @@ class System:
     name: str
     worker: Callable
     template: Callable | None  # (path, n, spec) -> None; None: PostgreSQL (one shared database)
+    needs: str | None = None  # the module it needs (from the `bench` extra)
     suffix: str = ".db"
 
 
@@ -375,9 +377,9 @@ SYSTEMS = [
     System("egoqa (store API)", egoqa_worker, egoqa_template),
     System("raw sqlite3, egoqa's SQL", raw_worker, egoqa_template),
     System("raw sqlite3, minimal SQL", raw_min_worker, egoqa_template),
-    System("huey SqliteStorage (default: synchronous FULL)", huey_worker, huey_template),
-    System("huey SqliteStorage, synchronous NORMAL", huey_normal_worker, huey_template),
-    System("litequeue 0.9", litequeue_worker, litequeue_template),
+    System("huey SqliteStorage (default: synchronous FULL)", huey_worker, huey_template, "huey"),
+    System("huey SqliteStorage, synchronous NORMAL", huey_normal_worker, huey_template, "huey"),
+    System("litequeue 0.9", litequeue_worker, litequeue_template, "litequeue"),
 ]
 
 
@@ -523,6 +525,10 @@ def main(argv: list[str]) -> int:
     print(banner("queue_throughput", argv))
     spec = realistic_spec()
     systems = [s for s in SYSTEMS if not args.only or args.only in s.name]
+    missing = [s for s in systems if s.needs and importlib.util.find_spec(s.needs) is None]
+    for s in missing:
+        print(f"skipped {s.name}: {s.needs} is not installed (pip install 'egoqa[bench]')")
+    systems = [s for s in systems if s not in missing]
     if args.children:
         systems = [s for s in systems if s.template is egoqa_template and "minimal" not in s.name]
     if args.postgres:

@@ -11,7 +11,7 @@ separately — and prompt rendering), generate, complete, scoring. The tiny mode
 milliseconds, so this is the harshest case: with a real 7B-72B model `generate` takes 10-1000×
 longer per batch while the rest stays the same.
 
-Reproduce: `.venv/bin/python bench/worker_overhead.py` (about 1-2 minutes on 2 cores);
+Reproduce: `.venv/bin/python bench/worker_overhead.py` (under a minute on 2 cores);
 `--quick` for a smoke run.
 """
 
