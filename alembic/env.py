@@ -1,7 +1,6 @@
 """Alembic environment for egoqa: the URL comes from the caller, -x db=..., $EGOQA_DB, or ./egoqa.db."""
 
 from alembic import context
-
 from egoqa.store.db import make_engine, resolve_url
 from egoqa.store.models import Base
 
@@ -10,12 +9,15 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.attributes.get("url") or resolve_url(context.get_x_argument(as_dictionary=True).get("db"))
+    return config.attributes.get("url") or resolve_url(
+        context.get_x_argument(as_dictionary=True).get("db")
+    )
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
-                      render_as_batch=True)
+    context.configure(
+        url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -23,8 +25,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine") or make_engine(_url())
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
         with context.begin_transaction():
             context.run_migrations()
 

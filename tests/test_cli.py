@@ -51,7 +51,9 @@ def _commands(group: typer.Typer, prefix: str = ""):
 
 
 def test_every_command_has_help_text():
-    missing = [name for name, c in _commands(app) if not (c.help or (c.callback and c.callback.__doc__))]
+    missing = [
+        name for name, c in _commands(app) if not (c.help or (c.callback and c.callback.__doc__))
+    ]
     assert missing == []
 
 
@@ -67,7 +69,12 @@ def test_enqueue_prints_the_plan_and_status_shows_it(cli, synth):
     assert (plan["jobs_new"], plan["jobs_reused"], plan["queries"]) == (0, 34, 13)
     st = cli.json("status")
     by_turn = {(r["turn"], r["state"]): r["n"] for r in st["progress"]}
-    assert by_turn == {("scenario", "ready"): 4, ("transitions", "blocked"): 4, ("segments", "blocked"): 13, ("answer", "blocked"): 13}
+    assert by_turn == {
+        ("scenario", "ready"): 4,
+        ("transitions", "blocked"): 4,
+        ("segments", "blocked"): 13,
+        ("answer", "blocked"): 13,
+    }
     assert st["jobs"] == {"ready": 4, "blocked": 30}
     assert "scenario" in cli("status").stdout
 
@@ -89,8 +96,12 @@ def test_sql_outputs_json_and_csv_and_refuses_writes(cli, synth):
     assert rows == [{"state": "blocked", "n": 30}, {"state": "ready", "n": 4}]
     csv = cli("sql", "SELECT state FROM jobs WHERE state = 'ready' LIMIT 1", "--csv").stdout
     assert csv.splitlines() == ["state", "ready"]
-    for stmt in ("DELETE FROM jobs", "UPDATE jobs SET state = 'done'", "DROP TABLE jobs",
-                 "INSERT INTO runs (name, config, config_hash, style, graded_turn, created_at) VALUES ('x','','','','',0)"):
+    for stmt in (
+        "DELETE FROM jobs",
+        "UPDATE jobs SET state = 'done'",
+        "DROP TABLE jobs",
+        "INSERT INTO runs (name, config, config_hash, style, graded_turn, created_at) VALUES ('x','','','','',0)",
+    ):
         p = cli("sql", stmt, check=False)
         assert p.returncode == 1 and "read-only" in p.stderr and "Traceback" not in p.stderr, stmt
     assert cli.json("sql", "SELECT COUNT(*) AS n FROM jobs") == [{"n": 34}]
@@ -100,7 +111,10 @@ def test_runs_lists_each_run(cli, synth):
     cli(*enqueue_args(synth, "demo", "--run", "one"))
     cli(*enqueue_args(synth, "baseline", "--run", "two"))
     runs = cli.json("runs")
-    assert [(r["run"], r["style"], r["queries"]) for r in runs] == [("one", "stage_analysis", 13), ("two", "baseline", 13)]
+    assert [(r["run"], r["style"], r["queries"]) for r in runs] == [
+        ("one", "stage_analysis", 13),
+        ("two", "baseline", 13),
+    ]
 
 
 def test_status_on_a_missing_database_says_what_to_do(cli):

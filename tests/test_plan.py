@@ -43,15 +43,24 @@ def keys_by_turn(db) -> dict[str, set[str]]:
 def test_per_clip_turns_are_shared_by_every_query_on_a_clip(db, dataset):
     report = plan(db, dataset)
     clips = {q.clip_uid for q in dataset.queries}
-    assert report.per_turn == {"scenario": len(clips), "transitions": len(clips),
-                               "segments": len(dataset.queries), "answer": len(dataset.queries)}
+    assert report.per_turn == {
+        "scenario": len(clips),
+        "transitions": len(clips),
+        "segments": len(dataset.queries),
+        "answer": len(dataset.queries),
+    }
     with db.read() as cur:
         # every query of a clip points at the same scenario job
         rows = cur.all("""SELECT q.clip_id, COUNT(DISTINCT ij.job_id) FROM item_jobs ij
                             JOIN run_items ri ON ri.id = ij.item_id JOIN queries q ON q.id = ri.query_id
                            WHERE ij.turn_name = 'scenario' GROUP BY q.clip_id""")
         assert rows and all(n == 1 for _, n in rows)
-        assert cur.one("SELECT COUNT(*) FROM jobs WHERE turn_name = 'scenario' AND query_id IS NOT NULL") == 0
+        assert (
+            cur.one(
+                "SELECT COUNT(*) FROM jobs WHERE turn_name = 'scenario' AND query_id IS NOT NULL"
+            )
+            == 0
+        )
 
 
 def test_identical_queries_on_one_clip_share_all_their_jobs(db, dataset):
@@ -60,7 +69,9 @@ def test_identical_queries_on_one_clip_share_all_their_jobs(db, dataset):
     report = plan(db, dataclasses.replace(dataset, queries=[q, twin]))
     assert report.jobs_total == 4  # one chain of 4 turns serves both queries
     with db.read() as cur:
-        chains = cur.all("SELECT ri.id, ij.turn_index, ij.job_id FROM item_jobs ij JOIN run_items ri ON ri.id = ij.item_id")
+        chains = cur.all(
+            "SELECT ri.id, ij.turn_index, ij.job_id FROM item_jobs ij JOIN run_items ri ON ri.id = ij.item_id"
+        )
     by_item: dict[int, list[int]] = {}
     for item, _, job in sorted(chains):
         by_item.setdefault(item, []).append(job)
@@ -77,13 +88,16 @@ def test_reenqueue_is_a_no_op(db, dataset):
         assert cur.one("SELECT COUNT(*) FROM run_items") == len(dataset.queries)
 
 
-@pytest.mark.parametrize("override, changed", [
-    ("sampler.frames=4", {"scenario", "transitions", "segments", "answer"}),
-    ("sampler.max_edge=224", {"scenario", "transitions", "segments", "answer"}),
-    ("generation.temperature=0.5", {"scenario", "transitions", "segments", "answer"}),
-    ("model=other-model", {"scenario", "transitions", "segments", "answer"}),
-    ("dtype=bfloat16", {"scenario", "transitions", "segments", "answer"}),
-])
+@pytest.mark.parametrize(
+    "override, changed",
+    [
+        ("sampler.frames=4", {"scenario", "transitions", "segments", "answer"}),
+        ("sampler.max_edge=224", {"scenario", "transitions", "segments", "answer"}),
+        ("generation.temperature=0.5", {"scenario", "transitions", "segments", "answer"}),
+        ("model=other-model", {"scenario", "transitions", "segments", "answer"}),
+        ("dtype=bfloat16", {"scenario", "transitions", "segments", "answer"}),
+    ],
+)
 def test_a_changed_setting_yields_new_keys(db, dataset, override, changed):
     plan(db, dataset, run="a")
     before = keys_by_turn(db)
@@ -100,12 +114,17 @@ def test_a_changed_template_invalidates_that_turn_and_its_descendants_only(db, d
     before = keys_by_turn(db)
     base = load_style("stage_analysis").to_dict()
     base["turns"][2]["template"] = base["turns"][2]["template"].replace("Describe", "Picture")
-    style = parse_style({"name": "edited", "turns": [{k: v for k, v in t.items() if v is not None} for t in base["turns"]]})
+    style = parse_style(
+        {
+            "name": "edited",
+            "turns": [{k: v for k, v in t.items() if v is not None} for t in base["turns"]],
+        }
+    )
     report = plan(db, dataset, style=style, run="b")
     after = keys_by_turn(db)
     assert after["scenario"] == before["scenario"] and after["transitions"] == before["transitions"]
     assert after["segments"] - before["segments"]
-    assert (after["answer"] - before["answer"])  # reads the edited turn's segments
+    assert after["answer"] - before["answer"]  # reads the edited turn's segments
     assert report.jobs_reused == report.per_turn["scenario"] + report.per_turn["transitions"]
 
 
@@ -132,15 +151,21 @@ def test_the_same_run_name_with_another_config_is_refused(db, dataset):
 def test_recompute_requeues_and_keeps_old_results_as_history(db, dataset):
     plan(db, dataset, run="x", style=load_style("baseline"))
     c = queue.claim(db, "w", "egoqa-demo/tiny-qwen2.5-vl", 100, 60)
-    won = queue.complete(db, c, [queue.Completion(j.id, f"old {j.id}", [f"old {j.id}"]) for j in c.jobs])
+    won = queue.complete(
+        db, c, [queue.Completion(j.id, f"old {j.id}", [f"old {j.id}"]) for j in c.jobs]
+    )
     assert len(won) == len(dataset.queries)
     report = plan(db, dataset, run="x", style=load_style("baseline"), recompute=True)
     assert report.recomputed == len(won)
     with db.read() as cur:
-        assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'ready' AND generation = 1") == len(won)
+        assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'ready' AND generation = 1") == len(
+            won
+        )
         assert cur.one("SELECT COUNT(*) FROM job_results WHERE response LIKE 'old %'") == len(won)
     c2 = queue.claim(db, "w", "egoqa-demo/tiny-qwen2.5-vl", 100, 60)
-    queue.complete(db, c2, [queue.Completion(j.id, f"new {j.id}", [f"new {j.id}"]) for j in c2.jobs])
+    queue.complete(
+        db, c2, [queue.Completion(j.id, f"new {j.id}", [f"new {j.id}"]) for j in c2.jobs]
+    )
     with db.read() as cur:
         assert cur.one("SELECT COUNT(*) FROM job_results") == 2 * len(won)
         assert cur.one("SELECT COUNT(*) FROM jobs WHERE response LIKE 'new %'") == len(won)

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.model
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """2 clips × 3 queries of 16 s: small enough for several real runs per test module."""
-    return write_synth_dataset(tmp_path_factory.mktemp("small"), clips=2, queries_per_clip=3, duration_sec=16.0, seed=7)
+    return write_synth_dataset(
+        tmp_path_factory.mktemp("small"), clips=2, queries_per_clip=3, duration_sec=16.0, seed=7
+    )
 
 
 def enqueue(cli, data, tiny_model, *extra, config="demo"):
@@ -31,8 +33,10 @@ def enqueue(cli, data, tiny_model, *extra, config="demo"):
 def jobs(db_path) -> list[dict]:
     db = open_db(db_path)
     with db.read() as cur:
-        raw = cur.execute("SELECT id, key, state, turn_name, spec, prompt, response, responses, error_kind, "
-                          "visual_tokens, batch_size, latency_s FROM jobs ORDER BY id")
+        raw = cur.execute(
+            "SELECT id, key, state, turn_name, spec, prompt, response, responses, error_kind, "
+            "visual_tokens, batch_size, latency_s FROM jobs ORDER BY id"
+        )
         cols = [d[0] for d in raw.description]
         return [dict(zip(cols, r, strict=True)) for r in raw.fetchall()]
 
@@ -43,7 +47,9 @@ def results_per_job(db_path) -> dict[int, int]:
         return dict(cur.all("SELECT job_id, COUNT(*) FROM job_results GROUP BY job_id"))
 
 
-def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(cli, small, tiny_model, db_path):
+def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(
+    cli, small, tiny_model, db_path
+):
     enqueue(cli, small, tiny_model)
     cli("work", "--until-done")
     rows = jobs(db_path)
@@ -61,7 +67,9 @@ def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(c
         if spec["media"]["kind"] != "none":
             assert r["visual_tokens"] > 0
         assert r["latency_s"] > 0 and r["batch_size"] >= 1
-    assert checked == 2 + 6  # transitions read scenario (per clip); segments read transitions (per query)
+    assert (
+        checked == 2 + 6
+    )  # transitions read scenario (per clip); segments read transitions (per query)
     # n samples were drawn where the style asks for them
     seg = [r for r in rows if r["turn_name"] == "segments"]
     assert all(len(json.loads(r["responses"])) == 5 for r in seg)
@@ -78,9 +86,11 @@ def test_per_clip_turns_run_once_per_clip(cli, small, tiny_model, db_path):
     assert all(counts[r["id"]] == 1 for r in rows)
 
 
-def test_a_clip_is_decoded_once_per_worker_however_many_turns_and_queries_use_it(small, tiny_model, db_path, tmp_path):
+def test_a_clip_is_decoded_once_per_worker_however_many_turns_and_queries_use_it(
+    small, tiny_model, db_path, tmp_path
+):
     style = tmp_path / "three.toml"
-    style.write_text('''
+    style.write_text("""
 name = "three"
 [[turns]]
 name = "look"
@@ -98,13 +108,15 @@ reads_query = true
 reads = ["again"]
 graded = true
 template = "{again} Q: {query} Frames at {timestamps}."
-''')
+""")
     from egoqa.dataset import load_nlq
     from egoqa.plan import enqueue_run
     from egoqa.prompts import load_style
 
     db = open_db(db_path, create=True)
-    cfg = load_config("demo", [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"])
+    cfg = load_config(
+        "demo", [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"]
+    )
     ds = load_nlq(small.annotations, small.videos)
     enqueue_run(db, ds, cfg, load_style(str(style)), "three")
     model, wcfg = resolve_model(db, None)
@@ -120,8 +132,18 @@ def test_batched_generation_equals_one_request_at_a_time(cli, small, tiny_model,
     for size in ("1", "8"):
         db = tmp_path / f"b{size}.db"
         c = type(cli)(db, tmp_path)
-        c(*enqueue_args(small, "demo", "--set", f"model={json.dumps(str(tiny_model))}",
-                        "--set", "generation.do_sample=false", "--set", "style=frame_labeling"))
+        c(
+            *enqueue_args(
+                small,
+                "demo",
+                "--set",
+                f"model={json.dumps(str(tiny_model))}",
+                "--set",
+                "generation.do_sample=false",
+                "--set",
+                "style=frame_labeling",
+            )
+        )
         c("work", "--until-done", "--batch-size", size)
         outputs.append({r["key"]: (r["response"], r["batch_size"]) for r in jobs(db)})
     single, batched = outputs
@@ -141,25 +163,44 @@ def test_an_oom_above_k_is_split_until_it_fits_and_k_is_learned(cli, small, tiny
         limits = cur.all("SELECT media_key, max_ok, min_fail FROM batch_limits")
     assert limits and all(ok == 2 and fail == 3 for _, ok, fail in limits), limits
     # a new worker starts from what was learned: no more OOMs for this media spec
-    enqueue(cli, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=8", "--run", "again",
-            "--set", "generation.seed=1")
+    enqueue(
+        cli,
+        small,
+        tiny_model,
+        "--set",
+        "style=baseline",
+        "--set",
+        "batch.size=8",
+        "--run",
+        "again",
+        "--set",
+        "generation.seed=1",
+    )
     p2 = cli("work", "--until-done", env={"EGOQA_INJECT_OOM_ABOVE": "2"})
     assert "0 OOM splits" in p2.stderr
 
 
-def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(cli, small, tiny_model, db_path):
+def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(
+    cli, small, tiny_model, db_path
+):
     enqueue(cli, small, tiny_model, "--set", "style=frame_labeling")
     p = cli("work", "--until-done", env={"EGOQA_INJECT_OOM_ABOVE": "0"})
     assert p.returncode == 0 and "Traceback" not in p.stderr
     rows = jobs(db_path)
     kinds = {r["turn_name"]: r["error_kind"] for r in rows}
     assert {r["state"] for r in rows} == {"failed"}
-    assert kinds["stages"] == "oom" and kinds["segments"] == "upstream" and kinds["answer"] == "upstream"
+    assert (
+        kinds["stages"] == "oom"
+        and kinds["segments"] == "upstream"
+        and kinds["answer"] == "upstream"
+    )
     with open_db(db_path).read() as cur:  # graded jobs failed upstream are scored as misses too
         assert cur.all("SELECT DISTINCT outcome, correct FROM run_items") == [("failed", 0)]
 
 
-def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(cli, small, tiny_model, db_path):
+def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(
+    cli, small, tiny_model, db_path
+):
     enqueue(cli, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=2")
     victim = cli.popen("work", "--until-done", "--lease", "3")
     db = open_db(db_path)
