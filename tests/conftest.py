@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,14 @@ def tiny_model(tmp_path_factory) -> Path:
     from egoqa.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
+
+
+def copy_db(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database, WAL included (the backup API)."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    a.close()
+    b.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ the light commands never import torch."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from egoqa.scoring import score_items
 from egoqa.store import queue
 from egoqa.store.db import open_db
 
-from conftest import Cli, enqueue_args
+from conftest import Cli, copy_db, enqueue_args
 
 CLIP_SEC = 24.0  # the synthetic clips' length (conftest's `synth`)
 
@@ -112,18 +111,10 @@ def hand_db(synth, tmp_path_factory) -> Path:
     return root / "egoqa.db"
 
 
-def _copy_db(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite database, WAL included (the backup API)."""
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    a.close()
-    b.close()
-
-
 @pytest.fixture
 def hand_run(hand_db, db_path) -> str:
     """A private copy of the `hand` database at the `cli` fixture's path; returns the run name."""
-    _copy_db(hand_db, db_path)
+    copy_db(hand_db, db_path)
     return "hand"
 
 

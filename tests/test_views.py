@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from alembic import command
 from egoqa.store import queue
 from egoqa.store.db import alembic_config, open_db, resolve_url
 
-from conftest import Cli, enqueue_args
+from conftest import Cli, copy_db, enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 VIEWS = {"results", "turns", "failures"}
@@ -53,18 +52,10 @@ def worked_db(synth, tmp_path_factory) -> Path:
     return root / "egoqa.db"
 
 
-def _copy_db(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite database, WAL included (the backup API)."""
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    a.close()
-    b.close()
-
-
 @pytest.fixture
 def worked(worked_db, db_path) -> None:
     """A private copy of `worked_db` at the `cli` fixture's path."""
-    _copy_db(worked_db, db_path)
+    copy_db(worked_db, db_path)
 
 
 def test_results_has_one_scored_row_per_run_and_query(cli, worked):
