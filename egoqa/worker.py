@@ -124,6 +124,7 @@ class Worker:
         self.stats = WorkerStats()
         self._clips: dict[int, tuple[str, float, float]] = {}
         self._learned: dict[str, tuple[int | None, int | None]] = {}
+        self.claim: queue.Claim | None = None  # the batch held now, released on stop
 
     # -- lifecycle --
 
@@ -154,9 +155,8 @@ class Worker:
             if time.time() - last_reap > self.opts.reap_every_s:
                 queue.reap(self.db)
                 last_reap = time.time()
-            with (
-                _signals_deferred()
-            ):  # a stop between COMMIT and this assignment would strand the batch
+            # a stop between the claim's COMMIT and this assignment would strand the batch
+            with _signals_deferred():
                 self.claim = queue.claim(
                     self.db, self.id, self.model, self._claim_size(), self.lease_s
                 )
@@ -169,8 +169,6 @@ class Worker:
                 return
             idle += 1
             time.sleep(min(self.opts.idle_max_s, 0.05 * 2**idle))
-
-    claim: queue.Claim | None = None
 
     def _release(self) -> None:
         if self.claim is not None and self.claim.jobs:
@@ -291,6 +289,8 @@ class Worker:
                 if len(res.texts) > 1
                 else 0
             )
+            if not res.texts[idx].strip():  # never keep an empty sample while another has text
+                idx = next(i for i, t in enumerate(res.texts) if t.strip())
             completions.append(
                 queue.Completion(
                     job_id=item.job.id,
