@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,6 +273,7 @@ class Database:
         self.readonly = readonly
         self.dialect = engine.dialect.name
         self._converted: dict[str, str] = {}
+        self._kept = None  # the main thread's SQLite connection, see _checkout
 
     @property
     def is_sqlite(self) -> bool:
@@ -285,9 +287,23 @@ class Database:
             out = self._converted[stmt] = _PARAM.sub(r"%(\1)s", stmt)
         return out
 
+    def _checkout(self):
+        """The main thread keeps one SQLite connection (the queue's hot path skips the pool);
+        other threads, and servers, check one out per transaction."""
+        if not self.is_sqlite or threading.current_thread() is not threading.main_thread():
+            return self.engine.raw_connection(), True
+        if self._kept is None:
+            self._kept = self.engine.raw_connection()
+        return self._kept, False
+
+    def _drop_kept(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
+
     @contextmanager
     def _transaction(self, begin: str):
-        raw = self.engine.raw_connection()
+        raw, per_transaction = self._checkout()
         try:
             cur = raw.cursor()
             if self.is_sqlite:
@@ -310,9 +326,14 @@ class Database:
             else:
                 raw.commit()
         except sqlite3.OperationalError as exc:
+            per_transaction or self._drop_kept()  # a connection that failed is not kept
             raise _friendly_sqlite_error(exc, self.url) from None
+        except BaseException:
+            per_transaction or self._drop_kept()
+            raise
         finally:
-            raw.close()
+            if per_transaction:
+                raw.close()
 
     def write(self):
         """A write transaction (`BEGIN IMMEDIATE` on SQLite)."""
@@ -322,6 +343,7 @@ class Database:
         return self._transaction("BEGIN")
 
     def dispose(self) -> None:
+        self._drop_kept()
         self.engine.dispose()
 
 
