@@ -17,15 +17,8 @@ SEGMENTS = "__segments__"
 
 
 def generation_settings(spec: dict) -> GenerationSettings:
-    g = spec["generation"]
-    return GenerationSettings(
-        max_new_tokens=g["max_new_tokens"],
-        do_sample=g["do_sample"],
-        temperature=g["temperature"],
-        top_p=g["top_p"],
-        top_k=g["top_k"],
-        seed=g["seed"],
-    )
+    """The job's generation settings (its spec stores the config's, field for field)."""
+    return GenerationSettings(**spec["generation"])
 
 
 def parent_responses(db: Database, spec: dict) -> dict[str, str]:
