@@ -39,7 +39,7 @@ import numpy as np
 from _common import CACHE, banner, table
 
 from egoqa.dataset import Clip, Dataset, Query
-from egoqa.frames import FrameDecoder, SamplerSpec, resized_size, sample_timestamps
+from egoqa.frames import FrameDecoder, SamplerConfig, resized_size, sample_timestamps
 from egoqa.synth import is_rendered, read_frame_index, render_clip
 
 FPS, SIZE, GOP, MAX_EDGE = 30, (640, 360), 250, 224
@@ -142,7 +142,9 @@ def check(array: np.ndarray, timestamps: list[float]) -> None:
 
 
 def part1(path: Path, duration: float, repeats: int) -> tuple[list[list], int]:
-    timestamps = sample_timestamps(SamplerSpec(kind="dense", fps=1.0, max_edge=MAX_EDGE), duration)
+    timestamps = sample_timestamps(
+        SamplerConfig(kind="dense", fps=1.0, max_edge=MAX_EDGE), duration
+    )
     warm = egoqa_warm_factory()
     methods = {
         "egoqa FrameDecoder (decord, resize at decode), cold": egoqa_cold,
@@ -184,7 +186,7 @@ def part2(path: Path, duration: float, style_name: str, queries: int = 10) -> di
     from egoqa.plan import enqueue_run
     from egoqa.prompts import load_style
     from egoqa.store.db import open_db
-    from egoqa.worker import Worker, WorkerOptions
+    from egoqa.worker import Worker, WorkerOptions, resolve_engine
 
     config = load_config("dense", ["backend=fake"])
     style = load_style(style_name)
@@ -197,7 +199,7 @@ def part2(path: Path, duration: float, style_name: str, queries: int = 10) -> di
     with tempfile.TemporaryDirectory(prefix="egoqa-bench-") as tmp:
         db = open_db(Path(tmp) / "d.db", create=True)
         plan = enqueue_run(db, Dataset({"clip-0": c}, qs, [], "v2"), config, style, "bench")
-        worker = Worker(db, config.model, config, FakeBackend(), WorkerOptions(until_done=True))
+        worker = Worker(db, resolve_engine(db), FakeBackend(), WorkerOptions(until_done=True))
         t0 = time.perf_counter()
         stats = worker.run()
         wall = time.perf_counter() - t0
@@ -215,13 +217,13 @@ def part2(path: Path, duration: float, style_name: str, queries: int = 10) -> di
         "jobs (per-clip turns shared)": plan.jobs_total,
         "jobs that show frames (frame requests)": len(framed),
         "distinct frame sets asked for (the target)": len(distinct),
-        "egoqa decodes (FrameDecoder.decodes)": worker.decoder.decodes,
-        "egoqa cache hits": worker.decoder.hits,
+        "egoqa decodes (FrameDecoder.decodes)": worker.runner.decoder.decodes,
+        "egoqa cache hits": worker.runner.decoder.hits,
         "decodes without sharing (each query, each frames turn)": queries
         * sum(t.media != "none" for t in style.turns),
         "original: extraction passes (every 1 fps frame to JPEG, once per video)": 1,
         "decodes == distinct frame sets": "met"
-        if worker.decoder.decodes == len(distinct)
+        if worker.runner.decoder.decodes == len(distinct)
         else "MISSED",
         "worker wall, s": f"{wall:.2f}",
     }

@@ -48,6 +48,9 @@ from pathlib import Path
 
 from _common import banner, table
 
+from egoqa.store import graph
+from egoqa.store.db import POSTGRES_NOW, SQLITE_NOW, in_list
+
 MODEL = "bench/model"
 LEASE_S = 600.0
 
@@ -95,11 +98,13 @@ def egoqa_template(
         clip_id = cur.one("SELECT id FROM clips WHERE clip_uid = 'clip-0'")
         jobs = []
         for i in range(n):
-            jobs.append(queue.NewJob(job_key(i), MODEL, "segments", 2, clip_id, None, spec, "none"))
+            jobs.append(
+                queue.NewJob(job_key(i), MODEL, MODEL, "segments", 2, clip_id, None, spec, "none")
+            )
             if children:
                 parent = (job_key(i),)
                 jobs.append(
-                    queue.NewJob(job_key(n + i), MODEL, "answer", 3, clip_id, None, spec, "none",
+                    queue.NewJob(job_key(n + i), MODEL, MODEL, "answer", 3, clip_id, None, spec, "none",
                                  parent_keys=parent)
                 )  # fmt: skip
         queue.enqueue(cur, jobs)
@@ -166,10 +171,10 @@ def _connect(path: str) -> sqlite3.Connection:
 def _raw_claim(conn, owner: str, batch: int, sql: str) -> tuple[str, list[tuple]]:
     from egoqa.store import queue
 
-    token, now = queue.new_token(), time.time()
-    params = {"owner": owner, "token": token, "expires": now + LEASE_S, "now": now}
+    token = queue.new_token()
+    params = {"owner": owner, "token": token, "lease": LEASE_S, "media_key": "none"}
     conn.execute("BEGIN IMMEDIATE")
-    rows = conn.execute(sql, {**params, "model": MODEL, "n": batch}).fetchall()
+    rows = conn.execute(sql, {**params, "engine": MODEL, "n": batch}).fetchall()
     conn.execute("COMMIT")
     return token, rows
 
@@ -179,7 +184,7 @@ def raw_worker(target: str) -> Cycle:
     from egoqa.store import queue
 
     conn, owner = _connect(target), f"raw-{mp.current_process().pid}"
-    claim_sql = queue.CLAIM.format(lock="")
+    claim_sql = queue.CLAIM.format(lock="", now=SQLITE_NOW)
 
     def cycle(batch: int) -> tuple[list[int], list[int]]:
         token, rows = _raw_claim(conn, owner, batch, claim_sql)
@@ -197,6 +202,8 @@ RESULT_COLUMNS = {
     "visual_tokens": None,
     "completion_tokens": None,
     "batch_size": None,
+    "device": None,
+    "dtype": None,
 }
 
 
@@ -227,14 +234,15 @@ def complete_raw(conn, owner: str, token: str, ids: list[int]) -> list[int]:
         ).fetchall()
     )
     won = [r for r in rows if r["job_id"] in gens]
-    conn.executemany(queue.COMPLETE, won)
-    conn.executemany(queue.RECORD, [{**r, "generation": gens[r["job_id"]]} for r in won])
+    conn.executemany(queue.COMPLETE.format(now=SQLITE_NOW), won)
+    record = queue.RECORD.format(now=SQLITE_NOW)
+    conn.executemany(record, [{**r, "generation": gens[r["job_id"]]} for r in won])
     children = [
         r[0] for r in conn.execute(f"SELECT job_id FROM job_deps WHERE parent_id IN ({marks})", ids)
     ]
     if children:
-        frag, params = queue._in("j", children)
-        conn.execute(queue.PROMOTE.format(ids=frag, state="+state"), params)
+        frag, params = in_list("j", children)
+        conn.execute(graph.PROMOTE.format(ids=frag, state="+state"), params)
     conn.execute("COMMIT")
     return [r["job_id"] for r in won]
 
@@ -243,7 +251,7 @@ def raw_min_worker(target: str) -> Cycle:
     from egoqa.store import queue
 
     conn, owner = _connect(target), f"min-{mp.current_process().pid}"
-    claim_sql = queue.CLAIM.format(lock="")
+    claim_sql = queue.CLAIM.format(lock="", now=SQLITE_NOW)
     done_sql = (
         "UPDATE jobs SET state = 'done', response = ?, finished_at = ?, lease_token = NULL "
         "WHERE id = ? AND state = 'running' AND lease_token = ?"
@@ -321,14 +329,15 @@ def pg_raw_worker(target: str) -> Cycle:
     sql = Database.sql.__get__(_PgDialect())
     url = target.replace("postgresql+psycopg://", "postgresql://")
     conn, owner = psycopg.connect(url, autocommit=True), f"pg-{mp.current_process().pid}"
-    claim_sql = sql(queue.CLAIM.format(lock=" FOR UPDATE SKIP LOCKED"))
-    done_sql, record_sql = sql(queue.COMPLETE), sql(queue.RECORD)
+    claim_sql = sql(queue.CLAIM.format(lock=" FOR UPDATE SKIP LOCKED", now=POSTGRES_NOW))
+    done_sql = sql(queue.COMPLETE.format(now=POSTGRES_NOW))
+    record_sql = sql(queue.RECORD.format(now=POSTGRES_NOW))
 
     def cycle(batch: int) -> tuple[list[int], list[int]]:
-        token, now = queue.new_token(), time.time()
-        params = {"owner": owner, "token": token, "expires": now + LEASE_S, "now": now}
+        token = queue.new_token()
+        params = {"owner": owner, "token": token, "lease": LEASE_S, "media_key": "none"}
         with conn.transaction():
-            ids = [r[0] for r in conn.execute(claim_sql, {**params, "model": MODEL, "n": batch})]
+            ids = [r[0] for r in conn.execute(claim_sql, {**params, "engine": MODEL, "n": batch})]
         if not ids:
             return [], []
         rows = [

@@ -33,24 +33,30 @@ from egoqa.config import load_config
 from egoqa.dataset import load_nlq
 from egoqa.plan import enqueue_run
 from egoqa.prompts import load_style
-from egoqa.store import queue
+from egoqa.store import limits, queue
 from egoqa.store.db import open_db
 from egoqa.synth import write_synth_dataset
 from egoqa.tinymodel import build_tiny_model
-from egoqa.worker import Worker, WorkerOptions, load_backend_for
+from egoqa.worker import (
+    Worker,
+    WorkerOptions,
+    load_backend_for,
+    resolve_engine,
+    served_from_config,
+)
 
 PARTS = (
     "claim", "prepare (excl. frames)", "frames (prefetch)", "frames (decode)", "generate", "complete",
     "scoring",
 )  # fmt: skip
-QUEUE_CALLS = {  # queue functions the worker calls, and the part they count towards
-    "claim": "claim",
-    "reap": "claim",
-    "pending_for_model": "claim",
-    "complete": "complete",
-    "fail": "complete",
-    "batch_limit": "complete",
-    "record_batch": "complete",
+QUEUE_CALLS = {  # store functions the worker calls, and the part they count towards
+    (queue, "claim"): "claim",
+    (queue, "reap"): "claim",
+    (queue, "pending"): "claim",
+    (queue, "complete"): "complete",
+    (queue, "fail"): "complete",
+    (limits, "batch_limit"): "complete",
+    (limits, "record_batch"): "complete",
 }
 
 
@@ -86,13 +92,13 @@ def one_run(data, config, backend, db_path: Path) -> dict[str, float]:
     db = open_db(db_path, create=True)
     dataset = load_nlq(data.annotations, data.videos, data.metadata)
     report = enqueue_run(db, dataset, config, load_style(config.style), "bench")
-    worker = Worker(db, config.model, config, backend, WorkerOptions(until_done=True))
+    worker = Worker(db, resolve_engine(db), backend, WorkerOptions(until_done=True))
     timers = Timers()
-    for name, part in QUEUE_CALLS.items():
-        timers.wrap(queue, name, part)
+    for (module, name), part in QUEUE_CALLS.items():
+        timers.wrap(module, name, part)
     timers.wrap(rendering, "build_request", "prepare")
-    timers.wrap(worker.decoder, "frames", "frames (decode)")
-    timers.wrap(worker.decoder, "prefetch", "frames (prefetch)")
+    timers.wrap(worker.runner.decoder, "frames", "frames (decode)")
+    timers.wrap(worker.runner.decoder, "prefetch", "frames (prefetch)")
     timers.wrap(backend, "generate", "generate")
     timers.wrap(scoring, "score_items", "scoring")
     t0 = time.perf_counter()
@@ -108,7 +114,7 @@ def one_run(data, config, backend, db_path: Path) -> dict[str, float]:
     parts["other (loop, heartbeat, registry)"] = wall - sum(parts.values())
     parts["wall"], parts["jobs"], parts["batches"] = wall, stats.done, stats.batches
     parts["generate (worker's own count)"] = stats.generate_s
-    parts["decodes"] = worker.decoder.decodes
+    parts["decodes"] = worker.runner.decoder.decodes
     return parts
 
 
@@ -127,7 +133,7 @@ def main(argv: list[str]) -> int:
         CACHE / f"synth-{clips}x{per_clip}", clips=clips, queries_per_clip=per_clip
     )
     config = load_config("demo", [f'model="{model}"'])
-    backend = load_backend_for(config, "cpu")
+    backend = load_backend_for(served_from_config(config), "cpu")
     runs = []
     with tempfile.TemporaryDirectory(prefix="egoqa-bench-") as tmp:
         warmup = 0 if args.quick else 1  # a warm-up run (not reported) loads lazy parts

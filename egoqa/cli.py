@@ -205,14 +205,23 @@ def enqueue(
 @app.command()
 def status(run: RunOpt = None, as_json: JsonOpt = False) -> None:
     """Jobs by run × turn × state."""
-    from egoqa import status as st
+    from egoqa.store import read as st
+    from egoqa.store import workers as registry
 
     db = open_database(readonly=True)
-    table = st.progress(db, run)
+    table, engines = st.progress(db, run), st.engines(db)
+    held = [
+        {"worker": w, "host": h, "pid": p, "jobs": n, "lease_ends_in_s": round(max(0.0, t or 0))}
+        for w, h, p, n, t in registry.held_jobs(db)
+    ]
     if as_json:
-        typer.echo(json.dumps({"progress": table.records(), "jobs": st.job_states(db)}, indent=2))
+        doc = {"progress": table.records(), "jobs": st.job_states(db)}
+        typer.echo(json.dumps(doc | {"engines": engines.records(), "held": held}, indent=2))
         return
     emit_table("progress (distinct jobs; per-clip turns counted once)", table.columns, table.rows)
+    emit_table("engines (egoqa work --engine ID serves one)", engines.columns, engines.rows)
+    if held:
+        emit_table("held by workers now", list(held[0]), [tuple(h.values()) for h in held])
     states = st.job_states(db)
     typer.echo("all jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"))
 
@@ -220,7 +229,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def runs(as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
     """The runs in this database."""
-    from egoqa import status as st
+    from egoqa.store import read as st
 
     t = st.runs(open_database(readonly=True))
     emit_table("runs", t.columns, t.rows, as_json=as_json, as_csv=as_csv)
@@ -235,20 +244,22 @@ def sql(
     as_csv: CsvOpt = False,
 ) -> None:
     """Run a read-only SQL query (the database refuses writes)."""
-    from egoqa import status as st
+    from egoqa.store import read as st
+    from egoqa.store.sqlrole import open_sql_db
 
-    t = st.read_only_sql(open_database(readonly=True), statement)
+    t = st.read_only_sql(open_sql_db(open_database(readonly=True)), statement)
     emit_table(None, t.columns, t.rows, as_json=as_json, as_csv=as_csv)
 
 
 @app.command()
 def retry(run: RunOpt = None) -> None:
     """Re-queue failed jobs (and the dependents they failed)."""
-    from egoqa import status as st
-    from egoqa.store import queue
+    from egoqa.store import graph
+    from egoqa.store import read as st
 
     db = open_database()
-    n = queue.retry(db, st.failed_job_ids(db, run))
+    _release_dead_workers(db)
+    n = graph.retry(db, st.failed_job_ids(db, run))
     typer.echo(f"re-queued {n} failed job(s)")
 
 
@@ -277,6 +288,12 @@ def work(
         str | None,
         typer.Option("--model", help="Serve this model (default: the one with most pending jobs)."),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine", help="Serve this engine (model + dtype + ...; its id is in `egoqa status`)."
+        ),
+    ] = None,
     batch_size: Annotated[
         str, typer.Option("--batch-size", help="auto, or a fixed number of requests per batch.")
     ] = "auto",
@@ -298,22 +315,26 @@ def work(
     """Run workers: claim batches, generate, write back. Resumable; Ctrl-C releases held jobs."""
     if batch_size != "auto" and not batch_size.isdigit():
         raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
+    choice = (model, engine)
     if single or (gpus is None and workers == 1):
-        _work_single(model, batch_size, device, until_done, lease, max_batches, supervised=single)
+        _work_single(choice, batch_size, device, until_done, lease, max_batches, supervised=single)
         return
     _work_many(
-        gpus, gpus_per_worker, device, workers, model, batch_size, until_done, lease, max_batches
+        gpus, gpus_per_worker, device, workers, choice, batch_size, until_done, lease, max_batches
     )
 
 
 def _work_single(
-    model, batch_size, device, until_done, lease, max_batches, supervised=False
+    choice, batch_size, device, until_done, lease, max_batches, supervised=False
 ) -> None:
+    from egoqa.stopping import die_with_supervisor
     from egoqa.supervisor import WORKER_CANNOT_START
     from egoqa.worker import Worker, WorkerOptions
 
+    if supervised:
+        die_with_supervisor()
     try:
-        started = _start_worker(model, device)
+        started = _start_worker(choice, device)
     except EgoqaError as exc:
         if supervised:  # bad model path, schema mismatch, ...: restarting will not fix it
             exc.exit_code = WORKER_CANNOT_START
@@ -321,74 +342,109 @@ def _work_single(
     if started is None:
         typer.echo("nothing to do: no pending jobs (run `egoqa enqueue` first)", err=True)
         return
-    db, name, cfg, backend = started
+    db, served, backend = started
     opts = WorkerOptions(
-        model=name,
         batch_size=batch_size if batch_size == "auto" else int(batch_size),
         device=device,
         until_done=until_done,
         lease_s=lease,
         max_batches=max_batches,
     )
-    stats = Worker(db, name, cfg, backend, opts).run()
+    worker = Worker(db, served, backend, opts)
+    stats = worker.run()
     typer.echo(
         f"worker: {stats.done} done, {stats.failed} failed, {stats.lost} lost lease, "
         f"{stats.batches} batches, {stats.oom_splits} OOM splits",
         err=True,
     )
+    if (
+        worker.signals.exit_code
+    ):  # stopped, not finished: 130 / 143, as shells and schedulers expect
+        raise typer.Exit(worker.signals.exit_code)
 
 
-def _start_worker(model, device):
-    """Open the database and load the model: (db, model name, config, backend), or None."""
-    from egoqa.worker import load_backend_for, resolve_model
+def _start_worker(choice, device):
+    """Open the database and load the engine's model: (db, served engine, backend), or None."""
+    from egoqa.worker import load_backend_for, resolve_engine
 
     db = open_database()
-    resolved = resolve_model(db, model)
-    if resolved is None:
+    served = resolve_engine(db, *choice)
+    if served is None:
         return None
-    name, cfg = resolved
     threads = os.environ.get("EGOQA_TORCH_THREADS")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    return db, name, cfg, load_backend_for(cfg, device)
+    return db, served, load_backend_for(served, device)
 
 
 def _work_many(
-    gpus, gpus_per_worker, device, workers, model, batch_size, until_done, lease, max_batches
+    gpus, gpus_per_worker, device, workers, choice, batch_size, until_done, lease, max_batches
 ) -> None:
     from egoqa import supervisor as sv
     from egoqa.progress import ProgressView
-    from egoqa.worker import resolve_model
+    from egoqa.worker import resolve_engine
 
     db = open_database()
-    resolved = resolve_model(db, model)
-    if resolved is None:
+    served = resolve_engine(db, *choice)
+    if served is None:
         typer.echo("nothing to do: no pending jobs (run `egoqa enqueue` first)", err=True)
         return
-    name = resolved[0]
+    name = served.model
+    _release_dead_workers(db)
     if gpus is not None:
-        slots = sv.gpu_slots(sv.gpu_groups(sv.parse_gpus(gpus), gpus_per_worker))
+        wanted = sv.parse_gpus(gpus)
+        _refuse_gpus_in_use(db, wanted)
+        slots = sv.gpu_slots(sv.gpu_groups(wanted, gpus_per_worker))
     else:
         slots = (
             sv.cpu_slots(workers)
             if device in ("cpu", "auto")
             else sv.gpu_slots([[str(i)] for i in range(workers)])
         )
-    args = ["--model", name, "--batch-size", batch_size, "--device", device]
+    args = ["--engine", served.engine, "--batch-size", batch_size, "--device", device]
     args += ["--until-done"] if until_done else []
     args += ["--lease", str(lease)] if lease else []
     args += ["--max-batches", str(max_batches)] if max_batches else []
-    view = ProgressView(db, name, _console(stderr=True))
-    code = sv.Supervisor(sv.worker_command(db.url, args), slots, on_tick=view.tick).run()
+    view = ProgressView(db, served.engine, name, _console(stderr=True))
+    supervisor = sv.Supervisor(sv.worker_command(args), slots, sv.db_env(db.url), view.tick)
+    code = supervisor.run()
     c = view.close()
     typer.echo(f"{c.done} done, {c.failed} failed of {c.total} jobs for {name}", err=True)
+    if supervisor.stop_signal:
+        raise typer.Exit(128 + supervisor.stop_signal)
     if code:
         gave_up = sum(s.gave_up for s in slots)
         raise EgoqaError(
             f"{gave_up} of {len(slots)} worker(s) gave up (their errors are above): fix that and "
             "run `egoqa work` again; finished jobs are kept"
+        )
+
+
+def _release_dead_workers(db) -> None:
+    """Jobs of workers that died (`kill -9`, a crashed node) go back to the queue at once."""
+    from egoqa.scoring import score_items
+    from egoqa.store import workers as registry
+
+    released = registry.release_dead(db)
+    score_items(db, job_ids=released.failed)
+    if released.workers:
+        typer.echo(
+            f"released {released.requeued} job(s) of {len(released.workers)} dead worker(s)",
+            err=True,
+        )
+
+
+def _refuse_gpus_in_use(db, wanted: list[str]) -> None:
+    from egoqa.store import workers as registry
+
+    held = registry.gpus_in_use(db, wanted)
+    if held:
+        who = ", ".join(f"GPU {g} by pid {pid}" for g, pid, _ in held)
+        raise EgoqaError(
+            f"--gpus {','.join(wanted)}: live workers of an earlier `egoqa work` on this host "
+            f"hold {who}: stop them (kill PID) or choose other --gpus"
         )
 
 
@@ -466,7 +522,7 @@ def demo(
         recompute=False,
         as_json=False,
     )
-    _work_many(None, 1, "cpu", workers, None, "auto", True, None, None)
+    _work_many(None, 1, "cpu", workers, (None, None), "auto", True, None, None)
     status(run="demo", as_json=False)
     _demo_summary()
     typer.echo(f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo", err=True)
@@ -483,9 +539,12 @@ def _demo_summary() -> None:
 def db_upgrade() -> None:
     """Create the schema or upgrade it to this egoqa's version."""
     from egoqa.store.db import open_db, schema_state
+    from egoqa.store.sqlrole import ensure_reader
 
     db = open_db(STATE.db, create=True)
-    typer.echo(f"{db.url}: schema at {schema_state(db.engine).current}")
+    reader = ensure_reader(db)
+    where = f"; egoqa sql runs as the read-only role {reader}" if reader else ""
+    typer.echo(f"{db.redacted_url}: schema at {schema_state(db.engine).current}{where}")
 
 
 @db_app.command("current")

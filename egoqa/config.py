@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +24,11 @@ class _Frozen(BaseModel):
 
 
 class SamplerConfig(_Frozen):
+    """Which frames of a clip (or of segments of it) the model sees, and at what size.
+
+    The one sampler type: run configs, job specs and the frame code all use it.
+    """
+
     kind: Literal["uniform", "dense"] = "uniform"
     frames: Annotated[int, Field(ge=1, le=4096)] = 8
     fps: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -31,6 +37,12 @@ class SamplerConfig(_Frozen):
 
 
 class GenerationConfig(_Frozen):
+    """How a turn generates: the one type shared by run configs, job specs and backends.
+
+    With `do_sample`, every sample of a job is drawn from its own random stream seeded from the
+    job's key (which includes `seed`), so answers never depend on the batch a job ran in.
+    """
+
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 512
     do_sample: bool = True
     temperature: Annotated[float, Field(gt=0, le=5)] = 0.8
@@ -47,11 +59,26 @@ class BatchConfig(_Frozen):
     base_gb: Annotated[float, Field(ge=0)] = 0.5
 
 
+ENGINE_FIELDS = (
+    "backend",
+    "model",
+    "revision",
+    "dtype",
+    "attn_implementation",
+    "quantization",
+    "max_pixels",
+    "trust_remote_code",
+)
+
+
 class RunConfig(_Frozen):
     model: str
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = "sdpa"
+    quantization: Literal["nf4"] | None = None
+    # Per-frame pixel limit the processor resizes to (None: the processor's video default).
+    max_pixels: Annotated[int, Field(ge=3136, le=16384 * 28 * 28)] | None = None
     device_map: str | None = None
     trust_remote_code: bool = False
     backend: Literal["transformers", "fake"] = "transformers"
@@ -69,6 +96,31 @@ class RunConfig(_Frozen):
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def engine(self, model: str | None = None) -> dict[str, Any]:
+        """What decides how a model computes: part of every job key, and what a worker loads.
+
+        A turn's model override swaps the model and keeps the rest.
+        """
+        data = self.model_dump(mode="json", include=set(ENGINE_FIELDS))
+        if model is not None:
+            data["model"] = model
+        return data
+
+
+def engine_id(engine: dict[str, Any]) -> str:
+    """A short, stable name for an engine (a hash of its canonical JSON)."""
+    text = json.dumps(engine, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_model_ref(model: str, base: Path | None = None) -> str:
+    """A model given as a local directory becomes its absolute path (so `egoqa work` run from
+    any directory finds it); a hub id is left as it is."""
+    path = Path(model).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return str(path.resolve()) if path.is_dir() else model
 
 
 def allowed_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
@@ -127,13 +179,30 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A preset or TOML file plus overrides; a local model directory is made absolute."""
     data, origin = _read_toml(name_or_path)
     for assignment in overrides:
         apply_override(data, assignment)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise _explain(exc, origin) from None
+    return config.model_copy(update={"model": resolve_model_ref(config.model)})
+
+
+def sampler_from(data: dict[str, Any]) -> SamplerConfig:
+    """A sampler from a job spec or a test, with a one-line error for bad values."""
+    try:
+        return SamplerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, "sampler") from None
+
+
+def generation_from(data: dict[str, Any]) -> GenerationConfig:
+    try:
+        return GenerationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, "generation") from None
 
 
 def config_from_json(text: str) -> RunConfig:

@@ -1,6 +1,6 @@
 """Frame sampling and decoding: samplers return clip timestamps, the decoder reads just those frames.
 
-Samplers are pure functions of a `SamplerSpec`; `FrameDecoder` reads frames with decord (resized at
+Samplers are pure functions of a `SamplerConfig`; `FrameDecoder` reads frames with decord (resized at
 decode), keeps a per-process LRU cache and optionally an on-disk `.npz` cache.
 """
 
@@ -12,54 +12,32 @@ import os
 import tempfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from egoqa.backends.base import Frames
-from egoqa.errors import ConfigError, VideoError
+from egoqa.config import SamplerConfig
+from egoqa.errors import VideoError
 
-SAMPLER_KINDS = ("uniform", "dense")
 # How far past the end of the file a timestamp may fall before the file counts as truncated:
 # annotated clip durations and container frame counts disagree by a few frames in practice.
 TRUNCATION_TOLERANCE_SEC = 1.0
 _TS_DIGITS = 6  # timestamps are rounded to microseconds in cache keys
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    """Which frames of a clip (or of segments of it) the model sees, and at what size."""
-
-    kind: str = "uniform"  # "uniform" (N frames) | "dense" (R fps)
-    frames: int = 8
-    fps: float = 1.0
-    max_edge: int = 448  # resize so the long edge <= max_edge (keep aspect)
-    max_frames: int = 768  # cap for dense sampling
-
-    def __post_init__(self) -> None:
-        if self.kind not in SAMPLER_KINDS:
-            raise ConfigError(
-                f"unknown sampler {self.kind!r}: use one of {', '.join(SAMPLER_KINDS)}"
-            )
-        if self.frames < 1 or self.max_frames < 2:
-            raise ConfigError("sampler needs frames >= 1 and max_frames >= 2")
-        if self.fps <= 0 or self.max_edge < 2:
-            raise ConfigError("sampler needs fps > 0 and max_edge >= 2")
-
-
 # --- samplers ----------------------------------------------------------------------------------
 
 
-def sample_timestamps(spec: SamplerSpec, duration_sec: float) -> list[float]:
+def sample_timestamps(spec: SamplerConfig, duration_sec: float) -> list[float]:
     """Clip-time timestamps for the whole clip; always an even count (Qwen's temporal patch is 2)."""
     _check_duration(duration_sec)
     return _even(_positions(spec, duration_sec))
 
 
 def segment_timestamps(
-    spec: SamplerSpec, segments: list[tuple[float, float]], duration_sec: float
+    spec: SamplerConfig, segments: list[tuple[float, float]], duration_sec: float
 ) -> list[float]:
     """Timestamps inside `segments` (clipped to the clip, overlaps merged); whole clip if none.
 
@@ -96,7 +74,7 @@ def _check_duration(duration_sec: float) -> None:
         )
 
 
-def _positions(spec: SamplerSpec, length: float) -> list[float]:
+def _positions(spec: SamplerConfig, length: float) -> list[float]:
     if spec.kind == "uniform":
         return [(i + 0.5) * length / spec.frames for i in range(spec.frames)]
     count = max(1, math.ceil(length * spec.fps - 0.5))  # k with (k + 0.5) / R < length

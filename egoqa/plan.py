@@ -1,26 +1,28 @@
 """Planning a run: clips, queries and the content-addressed jobs of every turn, written in one go.
 
-A job's key hashes everything that decides its output — model (revision, dtype), generation
-settings, the turn's template, its media spec (sampler, size, the video file's identity and the
-clip's place in it), the query text if the turn reads it, and its parents' keys — so identical
-work is shared and a changed input can never reuse a stale answer.
+A job's key hashes everything that decides its output — its engine (model, revision, dtype,
+attention, quantisation, max pixels), generation settings, the turn's template, its media spec
+(sampler, size, the video file's identity and the clip's place in it), the query text if the
+turn reads it, and its parents' keys — so identical work is shared and a changed input can never
+reuse a stale answer. A run always reports what its current plan computes: re-enqueueing a run
+whose inputs changed re-points its items; one whose config or style changed is refused unless
+`--recompute` re-plans it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from egoqa import __version__
-from egoqa.config import RunConfig
+from egoqa.config import RunConfig, engine_id, resolve_model_ref
 from egoqa.dataset import Clip, Dataset, Query, query_type
 from egoqa.errors import ConfigError
 from egoqa.prompts import Style, Turn
-from egoqa.store import queue
+from egoqa.store import catalog, graph, queue
 from egoqa.store.db import Cursor, Database
 
 _IDENTITY_BYTES = 1 << 16
@@ -57,6 +59,8 @@ class PlanReport:
     jobs_total: int
     per_turn: dict[str, int] = field(default_factory=dict)
     recomputed: int = 0
+    repointed: int = 0  # queries whose chain of jobs changed (their inputs or the plan changed)
+    replanned: str | None = None  # what changed in the config or style (with --recompute)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -108,9 +112,7 @@ def turn_spec(
     if turn.max_new_tokens:
         gen["max_new_tokens"] = turn.max_new_tokens
     return {
-        "model": turn.model or config.model,
-        "revision": config.revision,
-        "dtype": config.dtype,
+        "engine": config.engine(resolve_model_ref(turn.model) if turn.model else None),
         "generation": gen,
         "system": turn.system or config.system_prompt,
         "template": turn.template,
@@ -179,7 +181,8 @@ class _Planner:
         }
         return queue.NewJob(
             key=key,
-            model=spec["model"],
+            engine=engine_id(spec["engine"]),
+            model=spec["engine"]["model"],
             turn_name=turn.name,
             turn_index=index,
             clip_id=self.clip_ids[clip.clip_uid],
@@ -195,108 +198,97 @@ class _Planner:
 # --- writing the catalogue -------------------------------------------------------------------
 
 
-def _upsert_clips(cur: Cursor, clips: list[Clip], identities: dict[str, str]) -> dict[str, int]:
-    cur.executemany(
-        """INSERT INTO clips (clip_uid, video_uid, video_path, offset_sec, duration_sec, identity, split)
-           VALUES (:clip_uid, :video_uid, :video_path, :offset_sec, :duration_sec, :identity, :split)
-           ON CONFLICT (clip_uid) DO UPDATE SET video_uid = excluded.video_uid,
-             video_path = excluded.video_path, offset_sec = excluded.offset_sec,
-             duration_sec = excluded.duration_sec, identity = excluded.identity, split = excluded.split""",
-        [
-            {
-                "clip_uid": c.clip_uid,
-                "video_uid": c.video_uid,
-                "video_path": str(Path(c.video_path).absolute()),
-                "offset_sec": c.offset_sec,
-                "duration_sec": c.duration_sec,
-                "identity": identities[c.clip_uid],
-                "split": c.split,
-            }
-            for c in clips
-        ],
-    )
-    return dict(cur.all("SELECT clip_uid, id FROM clips"))
-
-
-def _upsert_queries(
-    cur: Cursor, queries: list[Query], clip_ids: dict[str, int]
-) -> dict[tuple, int]:
-    cur.executemany(
-        """INSERT INTO queries (clip_id, annotation_uid, query_idx, text, query_type, template,
-                                gt_start, gt_end, extra)
-           VALUES (:clip_id, :annotation_uid, :query_idx, :text, :query_type, :template,
-                   :gt_start, :gt_end, :extra)
-           ON CONFLICT (clip_id, annotation_uid, query_idx) DO UPDATE SET text = excluded.text,
-             query_type = excluded.query_type, template = excluded.template,
-             gt_start = excluded.gt_start, gt_end = excluded.gt_end, extra = excluded.extra""",
-        [
-            {
-                "clip_id": clip_ids[q.clip_uid],
-                "annotation_uid": q.annotation_uid,
-                "query_idx": q.query_idx,
-                "text": q.text,
-                "query_type": query_type(q.text),
-                "template": q.template,
-                "gt_start": q.gt_start,
-                "gt_end": q.gt_end,
-                "extra": canonical(q.extra),
-            }
-            for q in queries
-        ],
-    )
-    rows = cur.all(
-        "SELECT c.clip_uid, q.annotation_uid, q.query_idx, q.id FROM queries q JOIN clips c ON c.id = q.clip_id"
-    )
-    return {(c, a, i): qid for c, a, i, qid in rows}
-
-
-def _ensure_run(
-    cur: Cursor, name: str, config: RunConfig, style: Style, annotations: str | None
-) -> int:
-    row = cur.execute("SELECT id, config_hash FROM runs WHERE name = :n", {"n": name}).fetchone()
-    if row is not None:
-        if row[1] != config.hash():
-            raise ConfigError(
-                f"run {name!r} already exists with a different configuration: "
-                "pick another --run name (runs share cached jobs anyway)"
-            )
-        return row[0]
-    cur.execute(
-        """INSERT INTO runs (name, config, config_hash, style, graded_turn, annotations, provenance, created_at)
-           VALUES (:name, :config, :hash, :style, :graded, :ann, :prov, :now)""",
+def _clip_rows(clips: list[Clip], identities: dict[str, str]) -> list[dict]:
+    return [
         {
-            "name": name,
-            "config": config.canonical_json(),
-            "hash": config.hash(),
-            "style": canonical(style.to_dict()),
-            "graded": style.graded.name,
-            "ann": annotations,
-            "prov": canonical({"egoqa_version": __version__}),
-            "now": time.time(),
-        },
-    )
-    return cur.one("SELECT id FROM runs WHERE name = :n", {"n": name})
+            "clip_uid": c.clip_uid,
+            "video_uid": c.video_uid,
+            "video_path": str(Path(c.video_path).absolute()),
+            "offset_sec": c.offset_sec,
+            "duration_sec": c.duration_sec,
+            "identity": identities[c.clip_uid],
+            "split": c.split,
+        }
+        for c in clips
+    ]
 
 
-def _write_items(
-    cur: Cursor, run_id: int, style: Style, chains: list[tuple[int, list[str]]], ids: dict[str, int]
-) -> None:
-    graded = style.index(style.graded.name)
-    cur.executemany(
-        """INSERT INTO run_items (run_id, query_id, graded_job_id) VALUES (:run, :q, :job)
-           ON CONFLICT (run_id, query_id) DO NOTHING""",
-        [{"run": run_id, "q": qid, "job": ids[keys[graded]]} for qid, keys in chains],
-    )
-    item_ids = dict(cur.all("SELECT query_id, id FROM run_items WHERE run_id = :r", {"r": run_id}))
-    cur.executemany(
-        """INSERT INTO item_jobs (item_id, turn_index, turn_name, job_id) VALUES (:item, :i, :name, :job)
-           ON CONFLICT (item_id, turn_index) DO NOTHING""",
-        [
-            {"item": item_ids[qid], "i": i, "name": style.turns[i].name, "job": ids[k]}
-            for qid, keys in chains
-            for i, k in enumerate(keys)
-        ],
-    )
+def _query_rows(queries: list[Query], clip_ids: dict[str, int]) -> list[dict]:
+    return [
+        {
+            "clip_id": clip_ids[q.clip_uid],
+            "annotation_uid": q.annotation_uid,
+            "query_idx": q.query_idx,
+            "text": q.text,
+            "query_type": query_type(q.text),
+            "template": q.template,
+            "gt_start": q.gt_start,
+            "gt_end": q.gt_end,
+            "extra": canonical(q.extra),
+        }
+        for q in queries
+    ]
+
+
+def plan_hash(config: RunConfig, style: Style) -> str:
+    """What a run name stands for: its config and its style's content (not the style's path)."""
+    doc = {"config": json.loads(config.canonical_json()), "style": style.to_dict()}
+    return hashlib.sha256(canonical(doc).encode()).hexdigest()
+
+
+def _run_row(config: RunConfig, style: Style, name: str, annotations: str | None) -> dict:
+    return {
+        "name": name,
+        "config": config.canonical_json(),
+        "hash": plan_hash(config, style),
+        "style": canonical(style.to_dict()),
+        "graded": style.graded.name,
+        "ann": annotations,
+        "prov": canonical({"egoqa_version": __version__}),
+    }
+
+
+def describe_change(old_config: str, old_style: str, row: dict) -> str:
+    """What differs between a stored plan and a new one, in a few words."""
+    changed = _changed_keys(json.loads(old_config), json.loads(row["config"]))
+    old_turns = {t["name"]: t for t in json.loads(old_style).get("turns", [])}
+    new_turns = {t["name"]: t for t in json.loads(row["style"]).get("turns", [])}
+    if list(old_turns) != list(new_turns):
+        changed.append(f"style turns {list(old_turns)} -> {list(new_turns)}")
+    for name, turn in new_turns.items():
+        if name in old_turns and turn != old_turns[name]:
+            keys = _changed_keys(old_turns[name], turn)
+            changed.append(f"style turn {name!r} ({', '.join(keys)})")
+    return "; ".join(changed) or "the style"
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def _ensure_run(cur: Cursor, row: dict, recompute: bool) -> tuple[int, str | None]:
+    """The run's id, and what changed in its plan (re-planned with --recompute, else refused)."""
+    stored = catalog.find_run(cur, row["name"])
+    if stored is None:
+        return catalog.insert_run(cur, row), None
+    if stored.plan_hash == row["hash"]:
+        return stored.id, None
+    change = describe_change(stored.config, stored.style, row)
+    if not recompute:
+        raise ConfigError(
+            f"run {row['name']!r} was planned with a different configuration ({change}): "
+            "pass --recompute to re-plan it (its old results stay as history), or pick a new "
+            "--run name (runs share cached jobs anyway)"
+        )
+    catalog.replan_run(cur, stored.id, row)
+    return stored.id, change
 
 
 def enqueue_run(
@@ -309,21 +301,27 @@ def enqueue_run(
     annotations: str | None = None,
     recompute: bool = False,
 ) -> PlanReport:
-    """Plan and write a run; idempotent (re-enqueueing the same plan creates nothing)."""
+    """Plan and write a run; idempotent (re-enqueueing the same plan creates nothing).
+
+    Items whose chain of jobs changed (a query's text, a video file) are re-pointed at the new
+    jobs; a changed config or style needs `recompute`, which also re-queues the plan's jobs.
+    """
     used = {q.clip_uid for q in dataset.queries}
     clips = [c for uid, c in dataset.clips.items() if uid in used]
     identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
     by_uid = {c.clip_uid: c for c in clips}
     with db.write() as cur:
-        run_id = _ensure_run(cur, run, config, style, annotations)
-        clip_ids = _upsert_clips(cur, clips, identities)
-        query_ids = _upsert_queries(cur, dataset.queries, clip_ids)
+        run_id, change = _ensure_run(cur, _run_row(config, style, run, annotations), recompute)
+        clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
+        query_ids = catalog.upsert_queries(cur, _query_rows(dataset.queries, clip_ids))
         planner = _Planner(config, style, clip_ids, identities, query_ids)
         for q in dataset.queries:
             planner.plan_query(by_uid[q.clip_uid], q)
         result = queue.enqueue(cur, list(planner.jobs.values()))
-        _write_items(cur, run_id, style, planner.chains, result.ids)
-    recomputed = queue.recompute(db, sorted(result.ids.values())) if recompute else 0
+        chains = [(qid, [result.ids[k] for k in keys]) for qid, keys in planner.chains]
+        names = [t.name for t in style.turns]
+        moved = catalog.write_items(cur, run_id, names, style.index(style.graded.name), chains)
+    recomputed = graph.recompute(db, sorted(result.ids.values())) if recompute else 0
     return PlanReport(
         run=run,
         queries=len(dataset.queries),
@@ -334,4 +332,6 @@ def enqueue_run(
         jobs_total=len(planner.jobs),
         per_turn=dict(Counter(j.turn_name for j in planner.jobs.values())),
         recomputed=recomputed,
+        repointed=moved,
+        replanned=change,
     )

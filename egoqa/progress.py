@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from egoqa.store.db import Database
+from egoqa.store.read import job_states
 
 
 @dataclass
@@ -19,20 +20,17 @@ class Counts:
         return self.done + self.failed
 
 
-def counts(db: Database, model: str | None) -> Counts:
-    where = "WHERE model = :m" if model else ""
-    with db.read() as cur:
-        rows = dict(
-            cur.all(f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state", {"m": model})
-        )
+def counts(db: Database, engine: str | None) -> Counts:
+    """Jobs of the engine now: the total grows while a run works (recursive turns add jobs)."""
+    rows = job_states(db, engine)
     done, failed = rows.get("done", 0), rows.get("failed", 0)
-    return Counts(done, failed, sum(v for k, v in rows.items() if k != "cancelled"))
+    return Counts(done, failed, sum(rows.values()))
 
 
 class ProgressView:
     """Polls the database; draws a rich progress bar on a terminal, a line every 10 s otherwise."""
 
-    def __init__(self, db: Database, model: str | None, console) -> None:
+    def __init__(self, db: Database, engine: str | None, label: str | None, console) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -41,9 +39,9 @@ class ProgressView:
             TimeRemainingColumn,
         )
 
-        self.db, self.model, self.console = db, model, console
+        self.db, self.engine, self.console = db, engine, console
         self.start = time.time()
-        first = counts(db, model)
+        first = counts(db, engine)
         self.base = first.finished
         self.last_line = 0.0
         self.progress = Progress(
@@ -58,12 +56,12 @@ class ProgressView:
             disable=not console.is_terminal,
         )
         self.task = self.progress.add_task(
-            model or "jobs", total=first.total, completed=first.finished, rate="", failed=""
+            label or "jobs", total=first.total, completed=first.finished, rate="", failed=""
         )
         self.progress.start()
 
     def tick(self) -> Counts:
-        c = counts(self.db, self.model)
+        c = counts(self.db, self.engine)
         elapsed = max(1e-6, time.time() - self.start)
         rate = (c.finished - self.base) / elapsed
         failed = f"[red]{c.failed} failed" if c.failed else ""

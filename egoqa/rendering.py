@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from egoqa.backends.base import GenerationSettings, Request
+from egoqa.backends.base import Request, job_seed
+from egoqa.config import generation_from, sampler_from
 from egoqa.evaluate import parse_segments
 from egoqa.prompts import render_template
 from egoqa.store.db import Database
 from egoqa.store.queue import ClaimedJob
+from egoqa.store.work import responses_by_key
 
 SEGMENTS = "__segments__"
-
-
-def generation_settings(spec: dict) -> GenerationSettings:
-    """The job's generation settings (its spec stores the config's, field for field)."""
-    return GenerationSettings(**spec["generation"])
 
 
 def parent_responses(db: Database, spec: dict) -> dict[str, str]:
@@ -26,22 +23,17 @@ def parent_responses(db: Database, spec: dict) -> dict[str, str]:
     keys = dict(spec.get("reads", {}))
     if "from" in spec["media"]:
         keys[SEGMENTS] = spec["media"]["from"]
-    if not keys:
-        return {}
-    names = {f"k{i}": k for i, k in enumerate(keys.values())}
-    sql = "SELECT key, response FROM jobs WHERE key IN (" + ", ".join(":" + n for n in names) + ")"
-    with db.read() as cur:
-        rows = dict(cur.all(sql, names))
+    rows = responses_by_key(db, list(dict.fromkeys(keys.values())))
     return {name: rows.get(key) or "" for name, key in keys.items()}
 
 
 def media_timestamps(spec: dict, duration: float, parents: dict[str, str]) -> list[float]:
-    from egoqa.frames import SamplerSpec, sample_timestamps, segment_timestamps
+    from egoqa.frames import sample_timestamps, segment_timestamps
 
     media = spec["media"]
     if media["kind"] == "none":
         return []
-    sampler = SamplerSpec(**media["sampler"])
+    sampler = sampler_from(media["sampler"])
     if media["kind"] == "frames":
         return sample_timestamps(sampler, duration)
     segments = [(s.start, s.end) for s in parse_segments(parents.get(SEGMENTS), duration)]
@@ -79,7 +71,8 @@ def build_request(
         prompt=prompt,
         frames=frames,
         samples=int(spec.get("samples", 1)),
-        generation=generation_settings(spec),
+        generation=generation_from(spec["generation"]),
         system=spec.get("system"),
+        seed=job_seed(job.key),
     )
     return request, context

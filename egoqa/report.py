@@ -30,8 +30,8 @@ from egoqa.evaluate import (
     summarize,
     validate_nlq_predictions,
 )
-from egoqa.status import run_exists
 from egoqa.store.db import Database
+from egoqa.store.read import run_exists
 
 METRICS = ("coverage", "r1_03", "r1_05", "r5_03", "r5_05", "mean_r1", "miou")
 BEST_METRICS = ("coverage", "r1_03", "r1_05", "mean_r1", "miou")
@@ -92,9 +92,9 @@ def _records(db: Database, sql: str, params: dict | None = None) -> list[dict]:
 
 
 def status_of(row: dict) -> str:
-    """done, failed (cancelled counts as failed: it will not finish) or pending."""
+    """done, failed or pending."""
     state = row["state"]
-    return state if state in ("done", "failed") else "failed" if state == "cancelled" else "pending"
+    return state if state in ("done", "failed") else "pending"
 
 
 def outcome_of(row: dict) -> str:

@@ -4,24 +4,11 @@ and recomputed from the stored responses (no model call) by `egoqa report --resc
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 
 from egoqa.evaluate import Scores, best_of_n, failed_scores, parse_segments, score
 from egoqa.store.db import Database
-
-_SELECT = """
-SELECT ri.id, j.state, j.response, j.responses, q.gt_start, q.gt_end, c.duration_sec
-  FROM run_items ri JOIN jobs j ON j.id = ri.graded_job_id
-  JOIN queries q ON q.id = ri.query_id JOIN clips c ON c.id = q.clip_id
-"""
-_UPDATE = """
-UPDATE run_items SET scored_at = :now, segments = :segments, n_segments = :n_segments,
-       correct = :correct, iou_top1 = :iou_top1, r1_03 = :r1_03, r1_05 = :r1_05, r5_03 = :r5_03,
-       r5_05 = :r5_05, outcome = :outcome, best_correct = :best_correct,
-       best_r1_03 = :best_r1_03, best_r1_05 = :best_r1_05, best_iou_top1 = :best_iou_top1
- WHERE id = :id
-"""
+from egoqa.store.scores import graded_rows, write_scores
 
 
 def _row(
@@ -47,7 +34,6 @@ def _row(
 def _params(item_id: int, segs, first: Scores, best: Scores) -> dict:
     return {
         "id": item_id,
-        "now": time.time(),
         "segments": json.dumps([[s.start, s.end, s.confidence] for s in segs]),
         "n_segments": first.n_segments,
         "correct": int(first.correct),
@@ -70,27 +56,15 @@ def score_items(
     job_ids: Sequence[int] | None = None,
     run: str | None = None,
     only_unscored: bool = False,
-    stale_failures: bool = False,
 ) -> int:
-    """Score run items (of the given graded jobs, of a run, or all); returns how many were scored."""
-    where, params = ["1 = 1"], {}
-    if job_ids is not None:
-        if not job_ids:
-            return 0
-        names = {f"j{i}": v for i, v in enumerate(job_ids)}
-        where.append("ri.graded_job_id IN (" + ", ".join(":" + n for n in names) + ")")
-        params.update(names)
-    if run is not None:
-        where.append("ri.run_id = (SELECT id FROM runs WHERE name = :run)")
-        params["run"] = run
-    if only_unscored:
-        where.append("ri.scored_at IS NULL")
-    if stale_failures:  # graded jobs failed by an upstream failure or a reap, not scored since
-        where.append(
-            "j.state = 'failed' AND (ri.scored_at IS NULL OR ri.scored_at < j.finished_at)"
-        )
-    with db.write() as cur:
-        rows = cur.all(_SELECT + " WHERE " + " AND ".join(where), params)
-        updates = [p for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))]
-        cur.executemany(_UPDATE, updates)
+    """Score run items (of the given graded jobs, of a run, or all); returns how many were scored.
+
+    Reads, computes, then writes in a short transaction of its own: a completion never waits
+    on scoring a whole run.
+    """
+    if job_ids is not None and not job_ids:
+        return 0
+    rows = graded_rows(db, job_ids=job_ids, run=run, only_unscored=only_unscored)
+    updates = [p for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))]
+    write_scores(db, updates)
     return len(updates)

@@ -22,6 +22,7 @@ MAX_BACKOFF_S = 60.0
 # Exit status of a worker that could not start for a reason the user must fix (a model path
 # that does not exist, a schema mismatch): restarting it would only repeat the error.
 WORKER_CANNOT_START = 3
+STOPPED_BY_SIGNAL = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -70,9 +71,11 @@ class Slot:
 class Supervisor:
     command: list[str]
     slots: list[Slot]
+    env: dict[str, str] = field(default_factory=dict)  # for every worker (the database URL)
     on_tick: Callable[[], None] | None = None
     tick_s: float = 1.0
     stopping: bool = False
+    stop_signal: int | None = None  # what stopped us (the CLI exits 128 + it)
     log_lines: list[str] = field(default_factory=list)
 
     def run(self) -> int:
@@ -106,6 +109,10 @@ class Supervisor:
             slot.finished = True
             log.info("worker %s finished", slot.name)
             return
+        if code in STOPPED_BY_SIGNAL:  # someone stopped this worker on purpose: leave it stopped
+            slot.finished = True
+            log.warning("worker %s was stopped by a signal (exit %d)", slot.name, code)
+            return
         if code == WORKER_CANNOT_START:
             slot.gave_up = True
             log.error(
@@ -132,7 +139,7 @@ class Supervisor:
         log.warning("worker %s exited with %d; restarting in %.0fs", slot.name, code, delay)
 
     def _start(self, slot: Slot) -> None:
-        env = {**os.environ, **slot.env}
+        env = {**os.environ, **self.env, **slot.env}
         slot.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
         slot.started = time.time()
         slot.restarts += 1 if slot.failures else 0
@@ -141,6 +148,7 @@ class Supervisor:
     def _trap(self):
         def handler(signum, _frame):
             self.stopping = True
+            self.stop_signal = signum
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(s, h) for s, h in old.items()]
@@ -158,8 +166,18 @@ class Supervisor:
                 p.wait()
 
 
-def worker_command(db_url: str, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "egoqa", "--db", db_url, "work", "--single", *args]
+def worker_command(args: list[str]) -> list[str]:
+    """A worker's command line: never the database URL, which may hold a password (anyone on
+    the host can read a command line); workers get it from the environment (`db_env`)."""
+    return [sys.executable, "-m", "egoqa", "work", "--single", *args]
+
+
+def db_env(url: str) -> dict[str, str]:
+    """The environment of every worker: its database (readable by this user alone, unlike a
+    command line) and who supervises it (a worker stops when its supervisor dies)."""
+    from egoqa.stopping import SUPERVISOR_ENV
+
+    return {"EGOQA_DB": url, SUPERVISOR_ENV: str(os.getpid())}
 
 
 def cpu_slots(workers: int) -> list[Slot]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -15,11 +16,17 @@ def shipped(folder: str) -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
+def looks_like_path(name: str) -> bool:
+    """A name with a directory part or a .toml suffix is a file; anything else is a shipped name
+    (so `--config baseline` means the preset even when a file called `baseline` is here)."""
+    return "/" in name or os.sep in name or name.endswith(".toml")
+
+
 def load(name_or_path: str, folder: str, what: str, error: type[EgoqaError]) -> tuple[dict, str]:
     """Parse a shipped file by name or a user's file by path; returns (data, where it came from)."""
     path = Path(name_or_path)
     choices = ", ".join(shipped(folder))
-    if path.suffix == ".toml" or path.exists():
+    if looks_like_path(name_or_path):
         if not path.is_file():
             raise error(f"{what} file {path} does not exist: use one of {choices} or a TOML file")
         try:

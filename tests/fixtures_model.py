@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from egoqa.backends.base import Frames
-from egoqa.frames import FrameDecoder, SamplerSpec, sample_timestamps
+from egoqa.config import SamplerConfig
+from egoqa.frames import FrameDecoder, sample_timestamps
 from egoqa.synth import render_clip
 
 CLIP_SEC = 24.0
@@ -32,7 +33,7 @@ def clip_24s(tmp_path_factory) -> Path:
     return render_clip(tmp_path_factory.mktemp("clips") / "clip24.mp4", CLIP_SEC, fps=CLIP_FPS)
 
 
-def clip_frames(clip: Path, spec: SamplerSpec, duration: float = CLIP_SEC, offset: float = 0.0):
+def clip_frames(clip: Path, spec: SamplerConfig, duration: float = CLIP_SEC, offset: float = 0.0):
     """Frames of `clip` sampled by `spec`, decoded for real."""
     timestamps = sample_timestamps(spec, duration)
     return FrameDecoder().frames(clip, offset, timestamps, spec.max_edge, duration)

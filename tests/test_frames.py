@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
+from egoqa.config import SamplerConfig, sampler_from
 from egoqa.errors import ConfigError, VideoError
 from egoqa.frames import (
     FrameDecoder,
-    SamplerSpec,
     resized_size,
     sample_timestamps,
     sampling_fps,
@@ -31,11 +31,11 @@ def full_video(tmp_path_factory):
 
 
 def test_uniform_timestamps_are_bin_centres():
-    assert sample_timestamps(SamplerSpec(frames=8), 24.0) == [1.5 + 3 * i for i in range(8)]
+    assert sample_timestamps(SamplerConfig(frames=8), 24.0) == [1.5 + 3 * i for i in range(8)]
 
 
 def test_uniform_odd_count_is_padded_with_the_last_timestamp():
-    ts = sample_timestamps(SamplerSpec(frames=5), 10.0)
+    ts = sample_timestamps(SamplerConfig(frames=5), 10.0)
     assert ts == [1.0, 3.0, 5.0, 7.0, 9.0, 9.0]
 
 
@@ -44,7 +44,7 @@ def test_uniform_odd_count_is_padded_with_the_last_timestamp():
     [(10.2, 10), (9.7, 10), (9.4, 10), (8.6, 10), (0.2, 2)],
 )
 def test_dense_timestamps_are_even_and_inside_the_clip(duration, expected):
-    ts = sample_timestamps(SamplerSpec(kind="dense", fps=1.0), duration)
+    ts = sample_timestamps(SamplerConfig(kind="dense", fps=1.0), duration)
     assert len(ts) == expected
     assert len(ts) % 2 == 0
     assert all(0 <= t < duration for t in ts)
@@ -52,12 +52,12 @@ def test_dense_timestamps_are_even_and_inside_the_clip(duration, expected):
 
 
 def test_dense_at_two_fps_steps_half_a_second():
-    ts = sample_timestamps(SamplerSpec(kind="dense", fps=2.0), 3.0)
+    ts = sample_timestamps(SamplerConfig(kind="dense", fps=2.0), 3.0)
     assert ts == [0.25, 0.75, 1.25, 1.75, 2.25, 2.75]
 
 
 def test_dense_sampling_is_capped_and_thinned_evenly():
-    ts = sample_timestamps(SamplerSpec(kind="dense", fps=1.0, max_frames=20), 100.0)
+    ts = sample_timestamps(SamplerConfig(kind="dense", fps=1.0, max_frames=20), 100.0)
     assert len(ts) == 20
     assert ts[0] == 2.5 and ts[-1] == 97.5
     gaps = np.diff(ts)
@@ -65,40 +65,40 @@ def test_dense_sampling_is_capped_and_thinned_evenly():
 
 
 def test_segments_share_uniform_frames_by_length():
-    ts = segment_timestamps(SamplerSpec(frames=4), [(10, 16), (0, 2)], 30.0)
+    ts = segment_timestamps(SamplerConfig(frames=4), [(10, 16), (0, 2)], 30.0)
     assert ts == [1.0, 11.0, 13.0, 15.0]
 
 
 def test_segments_dense_sampling_stays_inside_the_segments():
-    ts = segment_timestamps(SamplerSpec(kind="dense", fps=1.0), [(0, 2), (10, 16)], 30.0)
+    ts = segment_timestamps(SamplerConfig(kind="dense", fps=1.0), [(0, 2), (10, 16)], 30.0)
     assert ts == [0.5, 1.5, 10.5, 11.5, 12.5, 13.5, 14.5, 15.5]
 
 
 def test_overlapping_and_out_of_range_segments_are_merged_and_clipped():
-    ts = segment_timestamps(SamplerSpec(frames=2), [(5, 12), (8, 40), (-3, -1)], 20.0)
+    ts = segment_timestamps(SamplerConfig(frames=2), [(5, 12), (8, 40), (-3, -1)], 20.0)
     assert ts == [8.75, 16.25]
 
 
 def test_no_usable_segment_falls_back_to_the_whole_clip():
-    spec = SamplerSpec(frames=4)
+    spec = SamplerConfig(frames=4)
     assert segment_timestamps(spec, [], 8.0) == sample_timestamps(spec, 8.0)
     assert segment_timestamps(spec, [(3, 3)], 8.0) == sample_timestamps(spec, 8.0)
 
 
 def test_sampling_fps_is_frames_per_clip_second():
-    assert sampling_fps(sample_timestamps(SamplerSpec(frames=8), 24.0), 24.0) == pytest.approx(
+    assert sampling_fps(sample_timestamps(SamplerConfig(frames=8), 24.0), 24.0) == pytest.approx(
         1 / 3
     )
-    dense = sample_timestamps(SamplerSpec(kind="dense", fps=2.0), 30.0)
+    dense = sample_timestamps(SamplerConfig(kind="dense", fps=2.0), 30.0)
     assert sampling_fps(dense, 30.0) == pytest.approx(2.0)
     assert sampling_fps([4.0, 4.0], 8.0) == pytest.approx(0.25)
 
 
 def test_invalid_sampler_and_duration_are_reported():
-    with pytest.raises(ConfigError, match="unknown sampler"):
-        SamplerSpec(kind="random")
+    with pytest.raises(ConfigError, match="kind"):
+        sampler_from({"kind": "random"})
     with pytest.raises(VideoError) as info:
-        sample_timestamps(SamplerSpec(), 0.0)
+        sample_timestamps(SamplerConfig(), 0.0)
     assert info.value.kind == "clip_empty"
 
 
@@ -106,7 +106,7 @@ def test_invalid_sampler_and_duration_are_reported():
 
 
 def test_frames_at_an_offset_are_the_expected_frames(full_video):
-    spec = SamplerSpec(frames=8, max_edge=224)
+    spec = SamplerConfig(frames=8, max_edge=224)
     offset, duration = 5.0, 10.0
     ts = sample_timestamps(spec, duration)
     frames = FrameDecoder().frames(full_video, offset, ts, spec.max_edge, duration)
@@ -208,7 +208,7 @@ def test_zero_length_file_is_video_unreadable(tmp_path):
 
 
 def test_timestamps_past_the_end_are_video_truncated(full_video):
-    ts = sample_timestamps(SamplerSpec(frames=8), 30.0)
+    ts = sample_timestamps(SamplerConfig(frames=8), 30.0)
     assert _error_kind(full_video, offset=0.0, timestamps=ts, duration=30.0) == "video_truncated"
     assert _error_kind(full_video, offset=18.0, timestamps=ts[:2], duration=30.0) == (
         "video_truncated"

@@ -54,7 +54,7 @@ def test_a_real_cuda_oom_is_split_and_the_fitting_size_is_learned(data, tiny_mod
     from egoqa.dataset import load_nlq
     from egoqa.plan import enqueue_run
     from egoqa.prompts import load_style
-    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_model
+    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
     db = open_db(db_path, create=True)
     cfg = load_config(
@@ -70,10 +70,10 @@ def test_a_real_cuda_oom_is_split_and_the_fitting_size_is_learned(data, tiny_mod
         ],
     )
     enqueue_run(db, load_nlq(data.annotations, data.videos), cfg, load_style("baseline"), "oom")
-    model, wcfg = resolve_model(db, None)
-    backend = load_backend_for(wcfg, "cuda")
+    served = resolve_engine(db)
+    backend = load_backend_for(served, "cuda")
     # Measure one request, then cap this process's CUDA memory so that ~2 requests fit, not 8.
-    probe = Worker(db, model, wcfg, backend, WorkerOptions(batch_size=1, max_batches=1))
+    probe = Worker(db, served, backend, WorkerOptions(batch_size=1, max_batches=1))
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     probe.run()
@@ -81,7 +81,7 @@ def test_a_real_cuda_oom_is_split_and_the_fitting_size_is_learned(data, tiny_mod
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(0.95, (base + 2.5 * per_request) / total))
     try:
-        worker = Worker(db, model, wcfg, backend, WorkerOptions(batch_size=8, until_done=True))
+        worker = Worker(db, served, backend, WorkerOptions(batch_size=8, until_done=True))
         stats = worker.run()
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)

@@ -77,7 +77,7 @@ def _build_hand_run(cli: Cli, synth, db_path: Path, style: Path) -> None:
     db = open_db(db_path)
     with db.write() as cur:
         items = cur.all(
-            """SELECT ri.query_id, ri.graded_job_id, j.model FROM run_items ri
+            """SELECT ri.query_id, ri.graded_job_id, j.engine FROM run_items ri
                  JOIN jobs j ON j.id = ri.graded_job_id ORDER BY ri.query_id"""
         )
         assert len(items) == len(CASES)
@@ -86,7 +86,7 @@ def _build_hand_run(cli: Cli, synth, db_path: Path, style: Path) -> None:
                 "UPDATE queries SET gt_start = :s, gt_end = :e WHERE id = :q",
                 {"s": gs, "e": ge, "q": qid},
             )
-    claim = queue.claim(db, "test-worker", items[0][2], n=100, lease_s=600)
+    claim = queue.claim(db, "test-worker", items[0][2], 100, lease_s=600)
     assert {j.id for j in claim.jobs} == {job for _, job, _ in items}
     done = []
     for (_, job, _), (_, texts) in zip(items, CASES, strict=True):

@@ -21,7 +21,7 @@ from sqlalchemy import inspect, text
 
 from alembic import command
 from egoqa.errors import DatabaseError, ReadOnlyViolation, SchemaMismatch
-from egoqa.store import queue
+from egoqa.store import graph, limits, queue
 from egoqa.store.db import Database, alembic_config, open_db, resolve_url
 from egoqa.store.models import Base
 
@@ -76,6 +76,7 @@ def job(
 ) -> queue.NewJob:
     return queue.NewJob(
         key=name,
+        engine=model,  # one engine per model here
         model=model,
         turn_name=f"turn{turn}",
         turn_index=turn,
@@ -130,6 +131,21 @@ def complete_all(db: Database, claim: queue.Claim, prefix: str = "answer") -> se
 
 def claim(db: Database, n: int = 10, owner: str = "w1", lease_s: float = 60) -> queue.Claim:
     return queue.claim(db, owner, MODEL, n, lease_s)
+
+
+def expire_leases(db: Database, seconds: float = 3600) -> None:
+    """Move every running lease `seconds` into the past (as if that much time had passed)."""
+    with db.write() as cur:
+        cur.execute(
+            "UPDATE jobs SET lease_expires_at = lease_expires_at - :s WHERE state = 'running'",
+            {"s": seconds},
+        )
+
+
+def reap(db: Database) -> tuple[int, int]:
+    """(re-queued, failed for good) by a reap now."""
+    got = queue.reap(db)
+    return got.requeued, sum(row(db, i)["error_kind"] == "lease_expired" for i in got.failed)
 
 
 # --- processes that claim concurrently (also used by test_resilience) -------------------------
@@ -326,8 +342,9 @@ def test_expired_lease_is_reaped_and_claimed_again(db):
     (clip,) = add_clips(db)
     ids = enqueue(db, [job("a", clip)]).ids
     lost = claim(db, owner="dead-worker", lease_s=5)
-    assert queue.reap(db) == (0, 0), "a live lease was reaped"
-    assert queue.reap(db, now=time.time() + 6) == (1, 0)
+    assert reap(db) == (0, 0), "a live lease was reaped"
+    expire_leases(db, 6)
+    assert reap(db) == (1, 0)
     r = row(db, ids["a"])
     assert (r["state"], r["lease_token"], r["lease_owner"]) == ("ready", None, None)
     assert "dead-worker" in r["error"]
@@ -350,7 +367,8 @@ def test_reap_fails_a_job_after_max_attempts_and_fails_its_dependents(db):
     ).ids
     for expected in [(1, 0), (0, 1)]:
         claim(db, lease_s=1)
-        assert queue.reap(db, now=time.time() + 2) == expected
+        expire_leases(db, 2)
+        assert reap(db) == expected
     a, b, c = (row(db, ids[n]) for n in "abc")
     assert (a["state"], a["error_kind"], a["attempts"]) == ("failed", "lease_expired", 2)
     for dep in (b, c):
@@ -363,11 +381,12 @@ def test_stale_token_cannot_complete_fail_renew_or_release(db):
     (clip,) = add_clips(db)
     ids = enqueue(db, [job("a", clip), job("b", clip, 1)]).ids
     stale = claim(db, owner="zombie", lease_s=1)
-    queue.reap(db, now=time.time() + 2)
+    expire_leases(db, 2)
+    queue.reap(db)
     fresh = claim(db, owner="w2")
     snapshot = {i: row(db, i) for i in ids.values()}
     assert complete_all(db, stale, prefix="late") == set()
-    assert queue.fail(db, stale, ids["a"], "backend_error", "late failure") is False
+    assert queue.fail(db, stale, ids["a"], "backend_error", "late failure") is None
     assert queue.renew(db, stale, list(ids.values()), 600) == set()
     assert queue.release(db, stale) == 0
     assert {i: row(db, i) for i in ids.values()} == snapshot
@@ -382,8 +401,9 @@ def test_renew_extends_a_held_lease(db):
     ids = enqueue(db, [job("a", clip)]).ids
     held = claim(db, lease_s=2)
     assert queue.renew(db, held, [ids["a"]], 600) == {ids["a"]}
-    assert queue.reap(db, now=time.time() + 300) == (0, 0)
-    assert row(db, ids["a"])["lease_expires_at"] > time.time() + 500
+    expire_leases(db, 300)
+    assert reap(db) == (0, 0)
+    assert row(db, ids["a"])["lease_expires_at"] > time.time() + 200
 
 
 def test_release_returns_jobs_at_once_without_counting_the_attempt(db):
@@ -421,7 +441,8 @@ def test_failed_parent_fails_its_dependents_with_the_upstream_reason(db):
         ],
     ).ids
     held = claim(db, n=1)
-    assert queue.fail(db, held, ids["a"], "video", "video file is truncated") is True
+    failed = queue.fail(db, held, ids["a"], "video", "video file is truncated")
+    assert sorted(failed) == sorted(ids[n] for n in "abcd")
     a = row(db, ids["a"])
     assert (a["state"], a["error_kind"], a["error"]) == (
         "failed",
@@ -438,9 +459,10 @@ def test_failed_parent_fails_its_dependents_with_the_upstream_reason(db):
 def test_retryable_failure_requeues_until_attempts_run_out(db):
     (clip,) = add_clips(db)
     ids = enqueue(db, [job("a", clip, max_attempts=2)]).ids
-    assert queue.fail(db, claim(db), ids["a"], "empty_generation", "no text", retryable=True)
+    assert queue.fail(db, claim(db), ids["a"], "empty_generation", "no text", retryable=True) == []
     assert row(db, ids["a"])["state"] == "ready"
-    assert queue.fail(db, claim(db), ids["a"], "empty_generation", "no text", retryable=True)
+    last = queue.fail(db, claim(db), ids["a"], "empty_generation", "no text", retryable=True)
+    assert last == [ids["a"]]
     assert (row(db, ids["a"])["state"], row(db, ids["a"])["attempts"]) == ("failed", 2)
 
 
@@ -453,7 +475,7 @@ def test_retry_revives_a_failed_chain_and_it_completes(db, which):
     ).ids
     queue.fail(db, claim(db), ids["a"], "backend_error", "boom")
     assert set(states(db, ids).values()) == {"failed"}
-    revived = queue.retry(db, None if which == "all" else [ids["a"]])
+    revived = graph.retry(db, None if which == "all" else [ids["a"]])
     assert revived >= 1
     assert states(db, ids) == {"a": "ready", "b": "blocked", "c": "blocked"}
     for _ in range(3):
@@ -466,7 +488,7 @@ def test_recompute_requeues_and_keeps_history_in_job_results(db):
     (clip,) = add_clips(db)
     ids = enqueue(db, [job("a", clip)]).ids
     complete_all(db, claim(db), prefix="first")
-    assert queue.recompute(db, [ids["a"]]) == 1
+    assert graph.recompute(db, [ids["a"]]) == 1
     r = row(db, ids["a"])
     assert (r["state"], r["generation"], r["attempts"]) == ("ready", 1, 0)
     complete_all(db, claim(db, owner="w2"), prefix="second")
@@ -476,13 +498,13 @@ def test_recompute_requeues_and_keeps_history_in_job_results(db):
 
 
 def test_batch_limits_upsert_keeps_largest_ok_and_smallest_failure(db):
-    assert queue.batch_limit(db, MODEL, "frames:8f") == (None, None)
+    assert limits.batch_limit(db, MODEL, "frames:8f") == (None, None)
     for ok, failed in [(8, None), (4, None), (None, 32), (None, 64), (None, 16), (12, None)]:
-        queue.record_batch(db, MODEL, "frames:8f", ok=ok, failed=failed)
-    queue.record_batch(db, MODEL, "none", ok=64)
-    assert queue.batch_limit(db, MODEL, "frames:8f") == (12, 16)
-    assert queue.batch_limit(db, MODEL, "none") == (64, None)
-    assert queue.batch_limit(db, "another-model", "frames:8f") == (None, None)
+        limits.record_batch(db, MODEL, "frames:8f", ok=ok, failed=failed)
+    limits.record_batch(db, MODEL, "none", ok=64)
+    assert limits.batch_limit(db, MODEL, "frames:8f") == (12, 16)
+    assert limits.batch_limit(db, MODEL, "none") == (64, None)
+    assert limits.batch_limit(db, "another-engine", "frames:8f") == (None, None)
 
 
 # --- migrations and schema checks ------------------------------------------------------------
@@ -531,7 +553,7 @@ def test_schema_newer_than_the_code_is_refused_naming_what_to_do(url):
 # --- read-only SQL is enforced by the database -----------------------------------------------
 
 WRITES = [
-    "INSERT INTO batch_limits (model, media_key, updated_at) VALUES ('m', 'k', 1)",
+    "INSERT INTO batch_limits (engine, media_key, updated_at) VALUES ('m', 'k', 1)",
     "UPDATE jobs SET state = 'failed'",
     "DELETE FROM jobs",
     "DROP TABLE job_results",
@@ -559,7 +581,7 @@ def fingerprint(db: Database) -> tuple:
 
 
 def test_sql_refuses_writes_enforced_by_the_database(db, url):
-    from egoqa.status import read_only_sql
+    from egoqa.store.read import read_only_sql
 
     (clip,) = add_clips(db)
     enqueue(db, [job("a", clip), job("b", clip, 1)])
@@ -610,14 +632,15 @@ def test_no_pickle_anywhere_in_the_package():
 def test_trust_remote_code_defaults_to_false_and_only_comes_from_the_config(monkeypatch):
     from egoqa.backends import base
     from egoqa.config import RunConfig, load_config
-    from egoqa.worker import load_backend_for
+    from egoqa.worker import Served, load_backend_for
 
     assert RunConfig(model="m").trust_remote_code is False
     assert load_config("demo", ()).trust_remote_code is False
     seen = []
     monkeypatch.setattr(base, "load_backend", lambda kind, **kw: seen.append(kw) or kw)
     for value in (False, True):
-        load_backend_for(RunConfig(model="m", trust_remote_code=value), "cpu")
+        config = RunConfig(model="m", trust_remote_code=value)
+        load_backend_for(Served("e", config.engine(), config), "cpu")
     assert [kw["trust_remote_code"] for kw in seen] == [False, True]
     hardcoded = []
     for path in package_sources():

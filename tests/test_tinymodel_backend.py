@@ -7,18 +7,18 @@ import dataclasses
 import numpy as np
 import pytest
 
-from egoqa.backends.base import GenerationSettings, Request
+from egoqa.backends.base import Request
+from egoqa.config import GenerationConfig, SamplerConfig
 from egoqa.errors import ModelLoadError, OutOfMemory
-from egoqa.frames import SamplerSpec
 from egoqa.tinymodel import MARKER, SPECIAL_TOKENS, build_tiny_model
 
 from fixtures_model import clip_24s, clip_frames, frames_of, tiny_backend  # noqa: F401
 
 pytestmark = pytest.mark.model
 
-GREEDY = GenerationSettings(max_new_tokens=12)
-UNIFORM = SamplerSpec(frames=8, max_edge=224)  # 320x240 -> 224x168: 8 x 6 merged patches
-DENSE = SamplerSpec(kind="dense", fps=1.0, max_edge=224)
+GREEDY = GenerationConfig(max_new_tokens=12, do_sample=False)
+UNIFORM = SamplerConfig(frames=8, max_edge=224)  # 320x240 -> 224x168: 8 x 6 merged patches
+DENSE = SamplerConfig(kind="dense", fps=1.0, max_edge=224)
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +166,9 @@ def test_frames_off_the_grid_are_resized_to_multiples_of_28(tiny_backend):  # no
 
 
 def test_sampling_is_reproducible_and_draws_n_samples(tiny_backend, uniform_frames):  # noqa: F811
-    sampled = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, seed=7)
+    sampled = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5)
     requests = [
-        Request(1, "Where is the bag?", uniform_frames, samples=3, generation=sampled),
+        Request(1, "Where is the bag?", uniform_frames, samples=3, generation=sampled, seed=7),
         Request(2, "Describe the stages.", generation=GREEDY),
     ]
     first = tiny_backend.generate(requests)
@@ -177,12 +177,12 @@ def test_sampling_is_reproducible_and_draws_n_samples(tiny_backend, uniform_fram
     assert len(first[0].texts) == len(first[0].finish_reasons) == 3
     assert len(first[0].completion_tokens) == 3 and len(first[1].texts) == 1
     assert len(set(first[0].texts)) > 1
-    reseeded = [dataclasses.replace(requests[0], generation=dataclasses.replace(sampled, seed=8))]
+    reseeded = [dataclasses.replace(requests[0], seed=8)]
     assert tiny_backend.generate(reseeded)[0].texts != first[0].texts
 
 
 def test_a_tiny_token_budget_finishes_with_length(tiny_backend):  # noqa: F811
-    settings = GenerationSettings(max_new_tokens=2)
+    settings = GenerationConfig(max_new_tokens=2, do_sample=False)
     (result,) = tiny_backend.generate([Request(1, "Where did I put the cup?", generation=settings)])
     assert result.completion_tokens == [2]
     assert result.texts[0].strip() and result.finish_reasons == ["length"]

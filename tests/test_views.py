@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alembic import command
-from egoqa.store import queue
+from egoqa.store import graph, queue
 from egoqa.store.db import alembic_config, open_db, resolve_url
 
 from conftest import Cli, copy_db, enqueue_args
@@ -92,8 +92,8 @@ def test_turns_lists_every_job_once_per_run_with_per_clip_jobs_once(cli, worked)
 def test_a_failed_clip_counts_its_queries_as_misses_and_pending_ones_as_null(cli, synth, db_path):
     cli(*enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "a"))
     db = open_db(db_path)
-    model = cli.json("sql", "SELECT DISTINCT model FROM jobs")[0]["model"]
-    claim = queue.claim(db, "test-worker", model, n=1, lease_s=60)
+    engine = cli.json("sql", "SELECT DISTINCT engine FROM jobs")[0]["engine"]
+    claim = queue.claim(db, "test-worker", engine, 1, lease_s=60)
     (job,) = claim.jobs
     assert queue.fail(db, claim, job.id, "video", "clip.mp4 cannot be decoded")
 
@@ -125,7 +125,7 @@ def test_a_failed_clip_counts_its_queries_as_misses_and_pending_ones_as_null(cli
 def test_a_requeued_graded_job_does_not_show_its_old_scores(cli, worked, db_path):
     graded = cli.json("sql", "SELECT graded_job_id FROM results WHERE run = 'a' LIMIT 1")[0]
     job = graded["graded_job_id"]
-    queue.recompute(open_db(db_path), [job])
+    graph.recompute(open_db(db_path), [job])
     (row,) = cli.json("sql", f"SELECT * FROM results WHERE run = 'a' AND graded_job_id = {job}")
     assert row["state"] in ("ready", "blocked")
     assert row["correct"] is None and row["segments"] is None and row["response"] is None

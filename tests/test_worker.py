@@ -11,7 +11,7 @@ import pytest
 from egoqa.config import load_config
 from egoqa.store.db import open_db
 from egoqa.synth import write_synth_dataset
-from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_model
+from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
 from conftest import enqueue_args
 
@@ -119,13 +119,13 @@ template = "{again} Q: {query} Frames at {timestamps}."
     )
     ds = load_nlq(small.annotations, small.videos)
     enqueue_run(db, ds, cfg, load_style(str(style)), "three")
-    model, wcfg = resolve_model(db, None)
-    worker = Worker(db, model, wcfg, load_backend_for(wcfg, "cpu"), WorkerOptions(until_done=True))
+    served = resolve_engine(db)
+    worker = Worker(db, served, load_backend_for(served, "cpu"), WorkerOptions(until_done=True))
     stats = worker.run()
     assert stats.done == 2 * 2 + len(ds.queries) and stats.failed == 0
-    assert worker.decoder.decodes == len(ds.clips) == 2
+    assert worker.runner.decoder.decodes == len(ds.clips) == 2
     # every frame request after the two decodes was served from the cache (prefetched or kept)
-    assert worker.decoder.hits >= stats.done - 2
+    assert worker.runner.decoder.hits >= stats.done - 2
 
 
 def test_batched_generation_equals_one_request_at_a_time(cli, small, tiny_model, tmp_path):

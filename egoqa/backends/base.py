@@ -6,18 +6,24 @@ when the batch does not fit; the worker splits the batch in halves and retries.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from egoqa.config import GenerationConfig
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    seed: int = 0
+GREEDY = GenerationConfig(do_sample=False)
+
+
+def sample_seed(job_seed: int, sample: int) -> int:
+    """The seed of one sample of a job: a function of the job (its key) and the sample index only."""
+    digest = hashlib.sha256(f"{job_seed}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def job_seed(key: str) -> int:
+    """A job's sampling seed, from its content key (which includes the configured seed)."""
+    return int(key[:16], 16) & (2**63 - 1)
 
 
 @dataclass
@@ -40,8 +46,9 @@ class Request:
     prompt: str  # the user text, already rendered
     frames: Frames | None = None  # None for text-only turns
     samples: int = 1
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    generation: GenerationConfig = GREEDY
     system: str | None = None
+    seed: int = 0  # the job's seed (`job_seed(key)`): sample s draws from `sample_seed(seed, s)`
 
 
 @dataclass
@@ -59,6 +66,7 @@ class Result:
 class Backend(Protocol):
     name: str
     device: str
+    dtype: str  # what the weights actually are ("float32", "bfloat16", "nf4", ...)
 
     def generate(self, requests: list[Request]) -> list[Result]: ...
 

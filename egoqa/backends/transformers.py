@@ -22,7 +22,9 @@ import torch  # noqa: E402
 from qwen_vl_utils import process_vision_info  # noqa: E402
 from qwen_vl_utils.vision_process import smart_resize  # noqa: E402
 
-from egoqa.backends.base import Frames, GenerationSettings, Request, Result  # noqa: E402
+from egoqa.backends.base import Frames, Request, Result, sample_seed  # noqa: E402
+from egoqa.backends.sampling import SeededSampling  # noqa: E402
+from egoqa.config import GenerationConfig  # noqa: E402
 from egoqa.errors import ConfigError, ModelLoadError, OutOfMemory  # noqa: E402
 
 INJECT_OOM_ENV = "EGOQA_INJECT_OOM_ABOVE"
@@ -41,6 +43,7 @@ class _Row:
     index: int
     conversation: list[dict[str, Any]]
     frames: Frames | None
+    seed: int  # this sample's own random stream (used when sampling)
 
 
 @dataclass
@@ -62,8 +65,10 @@ class TransformersBackend:
         self,
         model: str,
         *,
+        revision: str | None = None,
         dtype: str = "auto",
         attn_implementation: str | None = None,
+        quantization: str | None = None,
         device: str = "auto",
         device_map: str | None = None,
         trust_remote_code: bool = False,
@@ -75,12 +80,18 @@ class TransformersBackend:
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         if self.max_pixels < self.min_pixels:
             raise ConfigError(f"max_pixels {self.max_pixels} is below min_pixels {self.min_pixels}")
+        target = _resolve_device(device)
+        _check_engine_support(attn_implementation, quantization, target)
         load = {"trust_remote_code": trust_remote_code, "local_files_only": _offline()}
+        if revision is not None:
+            load["revision"] = revision
         self.processor = _load_processor(self.model_id, load)
-        self.model = _load_model(self.model_id, dtype, attn_implementation, device_map, load)
-        if device_map is None:
-            self.model.to(_resolve_device(device))
+        options = _model_options(dtype, attn_implementation, quantization, device_map, target)
+        self.model = _load_model(self.model_id, options, load)
+        if device_map is None and quantization is None:
+            self.model.to(target)
         self.device = _device_name(next(self.model.parameters()).device)
+        self.dtype = quantization or str(self.model.dtype).removeprefix("torch.")
         self.video_token_id = getattr(self.model.config, "video_token_id", None)
 
     # --- Backend protocol ----------------------------------------------------------------------
@@ -133,13 +144,20 @@ class TransformersBackend:
         return outputs
 
     def _generate_group(
-        self, settings: GenerationSettings, rows: list[_Row], outputs: list[_Output]
+        self, settings: GenerationConfig, rows: list[_Row], outputs: list[_Output]
     ) -> None:
         inputs, video_extras = self._encode(rows)
         config = self._generation_config(settings)
-        torch.manual_seed(settings.seed)
+        processors = []
+        if settings.do_sample:
+            # Sampling as greedy search over Gumbel-perturbed logits, each row drawing from its
+            # own seeded stream: a row's tokens depend on its seed, never on its batch mates.
+            seeds = [row.seed for row in rows]
+            processors.append(SeededSampling(seeds, settings, self.model.device))
         with torch.inference_mode():
-            sequences = self.model.generate(**inputs, generation_config=config)
+            sequences = self.model.generate(
+                **inputs, generation_config=config, logits_processor=processors
+            )
         prompt_len = inputs["input_ids"].shape[1]
         eos_ids = _eos_ids(config, self.processor.tokenizer)
         extras = iter(video_extras)  # one per video row, in row order
@@ -166,15 +184,14 @@ class TransformersBackend:
     def _temporal_patch(self) -> int:
         return int(getattr(self.processor.video_processor, "temporal_patch_size", 2))
 
-    def _generation_config(self, settings: GenerationSettings):
+    def _generation_config(self, settings: GenerationConfig):
         config = copy.deepcopy(self.model.generation_config)
         config.max_new_tokens = settings.max_new_tokens
-        config.do_sample = settings.do_sample
-        if settings.do_sample:
-            config.temperature, config.top_p = settings.temperature, settings.top_p
-            config.top_k = settings.top_k
-        else:  # the checkpoint's sampling defaults would only draw warnings under greedy search
-            config.temperature = config.top_p = config.top_k = None
+        # Sampled turns run as greedy search too: `SeededSampling` turns the logits into a
+        # draw from the tempered, top-k / top-p filtered distribution, per row.
+        config.do_sample = False
+        # the checkpoint's sampling defaults would only draw warnings under greedy search
+        config.temperature = config.top_p = config.top_k = None
         if config.pad_token_id is None:
             config.pad_token_id = self.processor.tokenizer.pad_token_id
         return config
@@ -197,14 +214,19 @@ class TransformersBackend:
 
 def _group_rows(
     requests: list[Request], min_pixels: int, max_pixels: int
-) -> dict[GenerationSettings, list[_Row]]:
-    """Rows grouped by generation settings (one `model.generate` each); n samples are n rows."""
-    groups: dict[GenerationSettings, list[_Row]] = {}
+) -> dict[GenerationConfig, list[_Row]]:
+    """Rows grouped by generation settings (one `model.generate` each); n samples are n rows.
+
+    The configured seed is not a grouping key: each row carries its own seed, derived from its
+    job's key (which includes the configured seed) and its sample index.
+    """
+    groups: dict[GenerationConfig, list[_Row]] = {}
     for index, request in enumerate(requests):
         conversation = conversation_for(request, min_pixels, max_pixels)
-        for _ in range(max(1, request.samples)):
-            row = _Row(index, conversation, request.frames)
-            groups.setdefault(request.generation, []).append(row)
+        settings = request.generation.model_copy(update={"seed": 0})
+        for sample in range(max(1, request.samples)):
+            row = _Row(index, conversation, request.frames, sample_seed(request.seed, sample))
+            groups.setdefault(settings, []).append(row)
     return groups
 
 
@@ -374,20 +396,66 @@ def _load_processor(model: str, load: dict[str, Any]):
         raise _load_error(model, exc) from exc
 
 
-def _load_model(
-    model: str,
+def _check_engine_support(
+    attn_implementation: str | None, quantization: str | None, device: torch.device
+) -> None:
+    """Refuse, in one line, an engine this machine cannot run (before loading any weights)."""
+    import importlib.util
+
+    if attn_implementation == "flash_attention_2":
+        if device.type != "cuda":
+            raise ModelLoadError(
+                "attn_implementation = 'flash_attention_2' needs a CUDA GPU: use 'sdpa' on "
+                f"{device.type}, or run the worker on a GPU"
+            )
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ModelLoadError(
+                "attn_implementation = 'flash_attention_2' needs the flash-attn package: "
+                "pip install flash-attn, or use attn_implementation = 'sdpa'"
+            )
+    if quantization == "nf4":
+        if device.type != "cuda":
+            raise ModelLoadError(
+                f"quantization = 'nf4' (bitsandbytes 4-bit) needs a CUDA GPU, not {device.type}: "
+                "drop the quantization or run the worker on a GPU"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError(
+                "quantization = 'nf4' needs the bitsandbytes package: pip install bitsandbytes"
+            )
+
+
+def _model_options(
     dtype: str,
     attn_implementation: str | None,
+    quantization: str | None,
     device_map: str | None,
-    load: dict[str, Any],
-):
-    from transformers import AutoModelForImageTextToText
-
-    kwargs = dict(load, dtype=_torch_dtype(dtype))
+    device: torch.device,
+) -> dict[str, Any]:
+    """`from_pretrained` keywords for an engine: dtype, attention, 4-bit NF4, placement."""
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    if device_map is not None:
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        # What the original pipeline used to fit 72B: NF4 with double quantisation, bf16 compute.
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = device_map or {"": device.index or 0}
+    elif device_map is not None:
         kwargs["device_map"] = device_map
+    return kwargs
+
+
+def _load_model(model: str, options: dict[str, Any], load: dict[str, Any]):
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = dict(load, **options)
     try:
         return AutoModelForImageTextToText.from_pretrained(model, **kwargs).eval()
     except Exception as exc:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import QueuePool
 
 from egoqa.errors import DatabaseError, SchemaMismatch
 
@@ -26,12 +28,15 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def resolve_url(db: str | os.PathLike | None) -> str:
-    """A path or URL (or $EGOQA_DB, or ./egoqa.db) as a SQLAlchemy URL string."""
+    """A path or URL (or $EGOQA_DB, or ./egoqa.db) as a SQLAlchemy URL string.
+
+    A plain path becomes a URL with its characters escaped (`%`, `?`, `#` are file-name
+    characters, not URL syntax), so the URL names exactly that file.
+    """
     db = str(db or os.environ.get("EGOQA_DB") or DEFAULT_DB)
     if "://" not in db:
-        if "?" in db:  # SQLAlchemy URLs read "?" as the start of query parameters
-            raise DatabaseError(f"database path {db!r} contains '?': rename it or its directory")
-        return "sqlite:///" + str(Path(db).expanduser().absolute())
+        path = str(Path(db).expanduser().absolute())
+        return URL.create("sqlite", database=path).render_as_string(hide_password=False)
     try:
         make_url(db)
     except ArgumentError as exc:
@@ -122,7 +127,16 @@ def _apply_max_page_count(conn: sqlite3.Connection) -> None:
 
 def _make_sqlite_engine(url: str, path: Path, readonly: bool) -> Engine:
     _check_sqlite_location(path, readonly)
-    engine = create_engine("sqlite://", creator=_sqlite_connect_factory(path, readonly))
+    # A file database gets a QueuePool: with "sqlite://" and a creator SQLAlchemy would pick
+    # SingletonThreadPool, which closes the connection of the oldest thread once five threads
+    # have used it (every batch's heartbeat is a new thread), under the thread still using it.
+    engine = create_engine(
+        "sqlite://",
+        creator=_sqlite_connect_factory(path, readonly),
+        poolclass=QueuePool,
+        pool_size=4,
+        max_overflow=16,
+    )
     engine.url = make_url(url)  # what the user sees in messages
 
     @event.listens_for(engine, "begin")
@@ -232,11 +246,12 @@ def schema_state(engine: Engine) -> SchemaState:
     return SchemaState(current_revision(engine), head_revision())
 
 
-def ensure_schema(engine: Engine, url: str, *, create: bool) -> None:
-    """Upgrade when `create` (enqueue) and the schema is missing or old; else refuse a mismatch."""
+def ensure_schema(engine: Engine, url: str, *, create: bool) -> bool:
+    """Upgrade when `create` (enqueue) and the schema is missing or old; else refuse a mismatch.
+    Returns whether it upgraded."""
     state = schema_state(engine)
     if state.ok:
-        return
+        return False
     if state.newer:
         raise SchemaMismatch(
             f"database schema {state.current} is newer than this egoqa (head {state.head}): "
@@ -244,7 +259,7 @@ def ensure_schema(engine: Engine, url: str, *, create: bool) -> None:
         )
     if create:
         upgrade(engine, url)
-        return
+        return True
     if state.current is None:
         raise SchemaMismatch(
             f"{engine.url} holds no egoqa schema: run `egoqa enqueue` or `egoqa db upgrade` first"
@@ -258,6 +273,9 @@ def ensure_schema(engine: Engine, url: str, *, create: bool) -> None:
 # --- the handle every command uses ------------------------------------------------------------
 
 _PARAM = __import__("re").compile(r"(?<![:\w]):(\w+)")
+# The database's clock, as epoch seconds (SQLite 3.40 has no unixepoch('subsec')).
+SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+POSTGRES_NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
 
 class Database:
@@ -274,10 +292,22 @@ class Database:
         self.dialect = engine.dialect.name
         self._converted: dict[str, str] = {}
         self._kept = None  # the main thread's SQLite connection, see _checkout
+        self._kept_busy = False  # a transaction is open on it (a nested one gets its own)
 
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with any password masked (for messages)."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def now(self) -> str:
+        """SQL for the database's clock in epoch seconds: every lease and finish time uses it,
+        so nodes whose own clocks disagree still agree on when a lease ends."""
+        return SQLITE_NOW if self.is_sqlite else POSTGRES_NOW
 
     def sql(self, stmt: str) -> str:
         if self.is_sqlite:
@@ -289,11 +319,13 @@ class Database:
 
     def _checkout(self):
         """The main thread keeps one SQLite connection (the queue's hot path skips the pool);
-        other threads, and servers, check one out per transaction."""
-        if not self.is_sqlite or threading.current_thread() is not threading.main_thread():
+        other threads, servers, and a transaction opened inside another check one out."""
+        main = threading.current_thread() is threading.main_thread()
+        if not self.is_sqlite or not main or self._kept_busy:
             return self.engine.raw_connection(), True
         if self._kept is None:
             self._kept = self.engine.raw_connection()
+        self._kept_busy = True
         return self._kept, False
 
     def _drop_kept(self) -> None:
@@ -311,7 +343,8 @@ class Database:
             try:
                 yield Cursor(self, cur)
             except BaseException:
-                raw.rollback()
+                with suppress(Exception):  # a connection that died cannot roll back; it is dropped
+                    raw.rollback()
                 raise
             if self.readonly:
                 # Never commit on a read-only handle: a statement's session changes
@@ -334,6 +367,8 @@ class Database:
         finally:
             if per_transaction:
                 raw.close()
+            else:
+                self._kept_busy = False
 
     def write(self):
         """A write transaction (`BEGIN IMMEDIATE` on SQLite)."""
@@ -345,6 +380,18 @@ class Database:
     def dispose(self) -> None:
         self._drop_kept()
         self.engine.dispose()
+
+
+def in_list(prefix: str, values: Sequence) -> tuple[str, dict]:
+    """`(:p0, :p1, ...)` and its parameters, for `x IN (...)`."""
+    names = [f"{prefix}{i}" for i in range(len(values))]
+    return "(" + ", ".join(":" + n for n in names) + ")", dict(zip(names, values, strict=True))
+
+
+def chunks(seq: Sequence, n: int = 500) -> Iterable[Sequence]:
+    """Slices of at most n (SQLite limits bound parameters per statement)."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
 
 
 class Cursor:
@@ -410,8 +457,14 @@ def open_db(
     url = resolve_url(db)
     engine = make_engine(url, readonly=readonly)
     with friendly_errors(url):
-        ensure_schema(engine, url, create=create and not readonly)
-    return Database(url, engine, readonly)
+        upgraded = ensure_schema(engine, url, create=create and not readonly)
+    handle = Database(url, engine, readonly)
+    if upgraded and not handle.is_sqlite:
+        from egoqa.store.sqlrole import ensure_reader
+
+        with friendly_errors(url):
+            ensure_reader(handle)  # `egoqa sql` runs as it: reads egoqa's tables, nothing else
+    return handle
 
 
 @contextmanager

@@ -30,7 +30,6 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 class Clip(Base):
@@ -111,12 +110,15 @@ class ItemJob(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_claim", "state", "model", "priority", "clip_id", "turn_index", "id"),
+        Index("ix_jobs_claim", "state", "engine", "priority", "clip_id", "turn_index", "id"),
         Index("ix_jobs_lease", "state", "lease_expires_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
     state: Mapped[str] = mapped_column(String(16))
+    # What computes it (model, revision, dtype, attention, quantisation, max pixels): a worker
+    # serves one engine. The full engine is in the spec; this is its hash.
+    engine: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(Text)
     turn_name: Mapped[str] = mapped_column(String(64))
     turn_index: Mapped[int] = mapped_column(Integer)
@@ -145,6 +147,8 @@ class Job(Base):
     visual_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     batch_size: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(64))  # where it actually ran
+    dtype: Mapped[str | None] = mapped_column(String(32))  # what the weights actually were
     worker_id: Mapped[str | None] = mapped_column(String(128))
 
 
@@ -172,6 +176,8 @@ class JobResult(Base):
     visual_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     batch_size: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(64))
+    dtype: Mapped[str | None] = mapped_column(String(32))
     finished_at: Mapped[float] = mapped_column(Float)
 
 
@@ -180,6 +186,9 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    engine: Mapped[str | None] = mapped_column(String(64))
+    gpus: Mapped[str | None] = mapped_column(String(255))  # CUDA_VISIBLE_DEVICES of the worker
+    lease_s: Mapped[float | None] = mapped_column(Float)  # its renewal period is a third of this
     model: Mapped[str] = mapped_column(Text)
     device: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
@@ -190,11 +199,21 @@ class Worker(Base):
 
 
 class BatchLimit(Base):
-    """Largest batch that worked and smallest that ran out of memory, per model x media spec."""
+    """Largest batch that worked and smallest that ran out of memory, per engine x media spec."""
 
     __tablename__ = "batch_limits"
-    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    engine: Mapped[str] = mapped_column(String(64), primary_key=True)
     media_key: Mapped[str] = mapped_column(String(128), primary_key=True)
     max_ok: Mapped[int | None] = mapped_column(Integer)
     min_fail: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SqlReader(Base):
+    """PostgreSQL only: the login role `egoqa sql` runs as (it can only read egoqa's tables and
+    views), created by `egoqa db upgrade`. Readable by the database owner alone."""
+
+    __tablename__ = "sql_readers"
+    role: Mapped[str] = mapped_column(String(63), primary_key=True)
+    password: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)

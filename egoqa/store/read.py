@@ -1,7 +1,9 @@
-"""Read-only views of a database for `status`, `runs` and `sql`: plain rows, no rendering."""
+"""Reading a database for `status`, `runs`, `sql` and the progress display: plain rows, no
+rendering."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 
@@ -16,6 +18,12 @@ class Table:
 
     def records(self) -> list[dict]:
         return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
+
+    def map_column(self, name: str, new_name: str, fn) -> Table:
+        """The same table with one column replaced by a function of it."""
+        i = self.columns.index(name)
+        columns = [*self.columns[:i], new_name, *self.columns[i + 1 :]]
+        return Table(columns, [(*r[:i], fn(r[i]), *r[i + 1 :]) for r in self.rows])
 
 
 def _query(db: Database, sql: str, params: dict | None = None) -> Table:
@@ -45,8 +53,25 @@ def progress(db: Database, run: str | None = None) -> Table:
     )
 
 
-def job_states(db: Database) -> dict[str, int]:
-    return dict(_query(db, "SELECT state, COUNT(*) FROM jobs GROUP BY state").rows)
+def engines(db: Database) -> Table:
+    """Each engine's jobs by state: what `egoqa work --engine ID` would serve."""
+    return _query(
+        db,
+        """SELECT engine, model, MIN(spec) AS spec,
+                  SUM(CASE WHEN state = 'ready' THEN 1 ELSE 0 END) AS ready,
+                  SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running,
+                  SUM(CASE WHEN state = 'blocked' THEN 1 ELSE 0 END) AS blocked,
+                  SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS done,
+                  SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed
+             FROM jobs GROUP BY engine, model ORDER BY engine""",
+    ).map_column("spec", "dtype", lambda spec: json.loads(spec)["engine"].get("dtype"))
+
+
+def job_states(db: Database, engine: str | None = None) -> dict[str, int]:
+    """Jobs by state (of one engine, when given)."""
+    where = "WHERE engine = :e" if engine else ""
+    sql = f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state"
+    return dict(_query(db, sql, {"e": engine}).rows)
 
 
 def runs(db: Database) -> Table:

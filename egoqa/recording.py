@@ -1,0 +1,133 @@
+"""Recording a batch's outcomes: pick each job's kept sample, write results under the lease, fail
+what failed, and score the run items whose graded job just finished (only those)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from egoqa.backends.base import Request, Result
+from egoqa.errors import OutOfMemory
+from egoqa.store import queue
+
+log = logging.getLogger("egoqa.worker")
+
+
+@dataclass
+class Prepared:
+    """A claimed job ready to generate: its request and what its selection rules need."""
+
+    job: queue.ClaimedJob
+    request: Request
+    context: dict
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    batches: int = 0
+    oom_splits: int = 0
+    generate_s: float = 0.0
+    prepare_s: float = 0.0
+    record_s: float = 0.0
+    padding_tokens: int = 0
+    prompt_tokens: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+class Recorder:
+    def __init__(self, db, worker_id: str, device: str, dtype: str, stats: WorkerStats) -> None:
+        self.db, self.worker_id, self.stats = db, worker_id, stats
+        self.device, self.dtype = device, dtype
+
+    def record(self, claim: queue.Claim, outcomes: list[tuple[Prepared, object]]) -> None:
+        """Results and failures of one generated chunk."""
+        done: list[tuple[Prepared, Result]] = []
+        for item, outcome in outcomes:
+            if isinstance(outcome, Result):
+                done.append((item, outcome))
+            elif isinstance(outcome, OutOfMemory):
+                self.fail(claim, item.job.id, "oom", f"out of memory even alone: {outcome}")
+            else:
+                msg = f"{type(outcome).__name__}: {outcome}"
+                self.fail(claim, item.job.id, "backend_error", msg, retryable=True)
+        self._complete(claim, done)
+
+    def _complete(self, claim: queue.Claim, done: list[tuple[Prepared, Result]]) -> None:
+        completions, graded = [], []
+        for item, res in done:
+            kept = _kept_sample(item, res)
+            if kept is None:
+                msg = "the model generated no text"
+                self.fail(claim, item.job.id, "empty_generation", msg, retryable=True)
+                continue
+            completions.append(self._completion(item, res, kept))
+            if item.job.spec.get("graded"):
+                graded.append(item.job.id)
+        won = queue.complete(self.db, claim, completions) if completions else set()
+        self._score([i for i in graded if i in won])
+        for c in completions:
+            if c.job_id in won:
+                self.stats.done += 1
+                log.info(
+                    "job %d done (%s, %d tokens, batch %s, %.2fs)",
+                    c.job_id,
+                    c.finish_reason,
+                    c.completion_tokens or 0,
+                    c.batch_size,
+                    c.latency_s or 0.0,
+                )
+            else:
+                self.stats.lost += 1
+                log.warning(
+                    "job %d: lease lost, result discarded (another worker owns it)", c.job_id
+                )
+
+    def _completion(self, item: Prepared, res: Result, kept: int) -> queue.Completion:
+        return queue.Completion(
+            job_id=item.job.id,
+            response=res.texts[kept],
+            responses=list(res.texts),
+            prompt=item.request.prompt,
+            finish_reason=res.finish_reasons[kept],
+            latency_s=res.latency_s,
+            prompt_tokens=res.prompt_tokens,
+            visual_tokens=res.visual_tokens,
+            completion_tokens=sum(res.completion_tokens),
+            batch_size=res.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def fail(
+        self, claim: queue.Claim, job_id: int, kind: str, message: str, retryable: bool = False
+    ) -> None:
+        failed = queue.fail(self.db, claim, job_id, kind, message, retryable=retryable)
+        if failed is not None:
+            self.stats.failed += 1
+            self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+            self._score(failed)
+        log.warning(
+            "job %d %s: %s%s", job_id, kind, message, "" if failed is not None else " (lease lost)"
+        )
+
+    def _score(self, job_ids: list[int]) -> None:
+        if job_ids:
+            from egoqa.scoring import score_items
+
+            score_items(self.db, job_ids=job_ids)
+
+
+def _kept_sample(item: Prepared, res: Result) -> int | None:
+    """Index of the sample to keep (the turn's selection rules); None when all are empty."""
+    from egoqa.selection import select
+
+    if all(not t.strip() for t in res.texts):
+        return None
+    rules = list(item.job.spec.get("select", ["first"]))
+    idx = select(res.texts, rules, item.context) if len(res.texts) > 1 else 0
+    if not res.texts[idx].strip():  # never keep an empty sample while another has text
+        idx = next(i for i, t in enumerate(res.texts) if t.strip())
+    return idx

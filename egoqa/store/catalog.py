@@ -1,0 +1,136 @@
+"""The catalogue a plan writes: clips, queries, runs and each run item's chain of jobs.
+
+A run always reports the jobs its current plan computes: writing a plan re-points items whose
+chain changed (the old jobs and their results stay as history) and says how many moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from egoqa.store.db import Cursor, chunks, in_list
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    id: int
+    plan_hash: str
+    config: str  # canonical JSON
+    style: str  # canonical JSON
+
+
+def upsert_clips(cur: Cursor, rows: list[dict]) -> dict[str, int]:
+    """Clips by uid (their file, place and identity updated); returns clip_uid → id."""
+    cur.executemany(
+        """INSERT INTO clips (clip_uid, video_uid, video_path, offset_sec, duration_sec, identity, split)
+           VALUES (:clip_uid, :video_uid, :video_path, :offset_sec, :duration_sec, :identity, :split)
+           ON CONFLICT (clip_uid) DO UPDATE SET video_uid = excluded.video_uid,
+             video_path = excluded.video_path, offset_sec = excluded.offset_sec,
+             duration_sec = excluded.duration_sec, identity = excluded.identity, split = excluded.split""",
+        rows,
+    )
+    return dict(cur.all("SELECT clip_uid, id FROM clips"))
+
+
+def upsert_queries(cur: Cursor, rows: list[dict]) -> dict[tuple, int]:
+    """Queries by (clip, annotation_uid, query_idx); returns (clip_uid, annotation_uid, idx) → id."""
+    cur.executemany(
+        """INSERT INTO queries (clip_id, annotation_uid, query_idx, text, query_type, template,
+                                gt_start, gt_end, extra)
+           VALUES (:clip_id, :annotation_uid, :query_idx, :text, :query_type, :template,
+                   :gt_start, :gt_end, :extra)
+           ON CONFLICT (clip_id, annotation_uid, query_idx) DO UPDATE SET text = excluded.text,
+             query_type = excluded.query_type, template = excluded.template,
+             gt_start = excluded.gt_start, gt_end = excluded.gt_end, extra = excluded.extra""",
+        rows,
+    )
+    rows_ = cur.all(
+        "SELECT c.clip_uid, q.annotation_uid, q.query_idx, q.id FROM queries q JOIN clips c ON c.id = q.clip_id"
+    )
+    return {(c, a, i): qid for c, a, i, qid in rows_}
+
+
+def find_run(cur: Cursor, name: str) -> StoredRun | None:
+    row = cur.execute(
+        "SELECT id, config_hash, config, style FROM runs WHERE name = :n", {"n": name}
+    ).fetchone()
+    return None if row is None else StoredRun(*row)
+
+
+def insert_run(cur: Cursor, row: dict) -> int:
+    cur.execute(
+        f"""INSERT INTO runs (name, config, config_hash, style, graded_turn, annotations,
+                              provenance, created_at)
+           VALUES (:name, :config, :hash, :style, :graded, :ann, :prov, {cur.db.now})""",
+        row,
+    )
+    return cur.one("SELECT id FROM runs WHERE name = :name", row)
+
+
+def replan_run(cur: Cursor, run_id: int, row: dict) -> None:
+    """A run re-planned under a new config or style (`--recompute`)."""
+    cur.execute(
+        """UPDATE runs SET config = :config, config_hash = :hash, style = :style,
+                  graded_turn = :graded, annotations = :ann WHERE id = :id""",
+        {**row, "id": run_id},
+    )
+
+
+ITEM_UPSERT = """
+INSERT INTO run_items (run_id, query_id, graded_job_id) VALUES (:run, :q, :job)
+ON CONFLICT (run_id, query_id) DO UPDATE SET graded_job_id = excluded.graded_job_id
+"""
+# A re-pointed item's scores belonged to its old graded job.
+CLEAR_SCORES = """
+UPDATE run_items SET scored_at = NULL, segments = NULL, n_segments = NULL, correct = NULL,
+       iou_top1 = NULL, r1_03 = NULL, r1_05 = NULL, r5_03 = NULL, r5_05 = NULL, outcome = NULL,
+       best_correct = NULL, best_r1_03 = NULL, best_r1_05 = NULL, best_iou_top1 = NULL
+ WHERE id IN {ids}
+"""
+JOB_UPSERT = """
+INSERT INTO item_jobs (item_id, turn_index, turn_name, job_id) VALUES (:item, :i, :name, :job)
+ON CONFLICT (item_id, turn_index) DO UPDATE SET turn_name = excluded.turn_name,
+       job_id = excluded.job_id
+"""
+
+
+def write_items(
+    cur: Cursor,
+    run_id: int,
+    turn_names: list[str],
+    graded: int,
+    chains: list[tuple[int, list[int]]],
+) -> int:
+    """Point each query's item at its chain of job ids; returns how many items changed chain."""
+    before = _chains(cur, run_id)
+    changed = [(q, ids) for q, ids in chains if q in before and before[q] != ids]
+    cur.executemany(ITEM_UPSERT, [{"run": run_id, "q": q, "job": ids[graded]} for q, ids in chains])
+    item_ids = dict(cur.all("SELECT query_id, id FROM run_items WHERE run_id = :r", {"r": run_id}))
+    moved = [item_ids[q] for q, _ in changed]
+    for chunk in chunks(moved):
+        frag, params = in_list("i", chunk)
+        cur.execute(CLEAR_SCORES.format(ids=frag), params)
+        cur.execute(
+            f"DELETE FROM item_jobs WHERE item_id IN {frag} AND turn_index >= :n",
+            {**params, "n": len(turn_names)},
+        )
+    rows = [
+        {"item": item_ids[q], "i": i, "name": turn_names[i], "job": job}
+        for q, ids in chains
+        if q not in before or before[q] != ids
+        for i, job in enumerate(ids)
+    ]
+    cur.executemany(JOB_UPSERT, rows)
+    return len(changed)
+
+
+def _chains(cur: Cursor, run_id: int) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    rows = cur.all(
+        """SELECT ri.query_id, ij.job_id FROM run_items ri JOIN item_jobs ij ON ij.item_id = ri.id
+            WHERE ri.run_id = :r ORDER BY ri.query_id, ij.turn_index""",
+        {"r": run_id},
+    )
+    for query_id, job_id in rows:
+        out.setdefault(query_id, []).append(job_id)
+    return out

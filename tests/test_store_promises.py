@@ -1,0 +1,377 @@
+"""The store's promises in the situations real runs create: a lease lost mid-write, nodes with
+skewed clocks, a run re-enqueued after its inputs changed, stop signals on a busy process, claims
+sized to the device, and paths that mean what they say.
+
+Interleavings are driven step by step on two connections (and, on PostgreSQL, by waiting until
+the server reports one of them blocked), never by sleeping and hoping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+from test_store_contract import (
+    MODEL,
+    add_clips,
+    claim,
+    complete_all,
+    done,
+    enqueue,
+    expire_leases,
+    job,
+    reap,
+    row,
+    states,
+)
+
+from egoqa.store import graph, queue
+from egoqa.store.db import open_db
+from egoqa.synth import write_synth_dataset
+
+from conftest import Cli, enqueue_args
+from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "egoqa.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db(url):
+    handle = open_db(url, create=True)
+    yield handle
+    handle.dispose()
+
+
+# --- 2. a job's state changes only under its lease ----------------------------------------------
+
+
+def _wait_until_blocked(db, thread: threading.Thread) -> None:
+    """PostgreSQL: until the server shows a statement waiting on a lock (or the thread ended)."""
+    if db.is_sqlite:
+        return  # SQLite serialises writers: the late write cannot start before B commits
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and time.monotonic() < deadline:
+        with db.read() as cur:
+            waiting = cur.one(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the late write neither blocked on B's lock nor finished")
+
+
+@pytest.mark.parametrize("late", ["fail", "complete"])
+def test_a_write_racing_the_reaper_changes_nothing_once_the_lease_is_lost(db, url, late):
+    """A's lease expires; B reaps and claims the job in one open transaction; A's late write
+    starts while B still holds it. Once B commits, A's write must find nothing to change."""
+    (clip,) = add_clips(db)
+    ids = enqueue(db, [job("a", clip), job("child", clip, 1, parents=("a",))]).ids
+    a = claim(db, owner="A", lease_s=60)
+    expire_leases(db)
+    db_a, db_b = open_db(url), open_db(url)
+    outcome: dict = {}
+
+    def late_write() -> None:
+        if late == "fail":
+            outcome["got"] = queue.fail(db_a, a, ids["a"], "backend_error", "late failure")
+        else:
+            outcome["got"] = complete_all(db_a, a, prefix="late")
+
+    lock = "" if db.is_sqlite else " FOR UPDATE SKIP LOCKED"
+    b = queue.Claim(token=queue.new_token(), owner="B")
+    with db_b.write() as cur:  # step 1: B reaps and claims, not yet committed
+        cur.all(queue.REAP.format(now=db_b.now))
+        params = {"owner": "B", "token": b.token, "lease": 60.0, "engine": MODEL}
+        claimed = cur.all(
+            queue.CLAIM.format(lock=lock, now=db_b.now), {**params, "media_key": "none", "n": 1}
+        )
+        assert [r[0] for r in claimed] == [ids["a"]]
+        writer = threading.Thread(target=late_write)
+        writer.start()  # step 2: A's late write starts
+        _wait_until_blocked(db, writer)
+    writer.join(timeout=60)  # step 3: B has committed; A's write goes on
+    assert outcome["got"] in (None, set()), "a worker without the lease changed the job"
+    r = row(db, ids["a"])
+    assert (r["state"], r["lease_token"], r["lease_owner"]) == ("running", b.token, "B")
+    assert queue.renew(db_a, a, [ids["a"]], 600) == set()
+    assert queue.release(db_a, a) == 0
+    assert row(db, ids["a"]) == r
+    assert queue.complete(db_b, b, [done("from B", ids["a"])]) == {ids["a"]}
+    assert states(db, ids) == {"a": "done", "child": "ready"}
+    complete_all(db, claim(db, owner="C"))
+    assert states(db, ids) == {"a": "done", "child": "done"}
+    db_a.dispose()
+    db_b.dispose()
+
+
+# --- 3. leases use the database's clock ---------------------------------------------------------
+
+
+def _db_now(db) -> float:
+    with db.read() as cur:
+        return cur.one(f"SELECT {db.now}")
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0])
+def test_a_node_with_a_skewed_clock_neither_reaps_live_leases_nor_holds_dead_ones(
+    db, monkeypatch, skew
+):
+    (clip,) = add_clips(db)
+    ids = enqueue(db, [job("a", clip), job("b", clip, 1)]).ids
+    right = time.time
+
+    def skewed(fn, *args, **kwargs):
+        monkeypatch.setattr(time, "time", lambda: right() + skew)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(time, "time", right)
+
+    held = skewed(claim, db, n=1, owner="skewed", lease_s=60)
+    assert 50 < row(db, ids["a"])["lease_expires_at"] - _db_now(db) <= 60
+    assert reap(db) == (0, 0), "a right-clocked node reaped a skewed node's live lease"
+    right_held = claim(db, n=1, owner="right", lease_s=60)
+    assert skewed(reap, db) == (0, 0), "a skewed node reaped a live lease"
+    assert skewed(queue.renew, db, held, [ids["a"]], 30) == {ids["a"]}
+    assert 20 < row(db, ids["a"])["lease_expires_at"] - _db_now(db) <= 30
+    expire_leases(db, 31)  # a's lease (30 s) is now over by the database's clock; b's is not
+    assert skewed(reap, db) == (1, 0)
+    assert states(db, ids) == {"a": "ready", "b": "running"}
+    assert complete_all(db, right_held) == {ids["b"]}
+
+
+# --- 10. reap and recompute say what they did ---------------------------------------------------
+
+
+def test_a_job_failed_by_the_reaper_has_a_finish_time(db):
+    (clip,) = add_clips(db)
+    ids = enqueue(db, [job("a", clip, max_attempts=1)]).ids
+    claim(db, lease_s=5)
+    expire_leases(db)
+    assert reap(db) == (0, 1)
+    r = row(db, ids["a"])
+    with db.read() as cur:
+        finished = cur.one("SELECT finished_at FROM jobs WHERE id = :i", {"i": ids["a"]})
+    assert r["state"] == "failed" and finished is not None
+    assert abs(finished - _db_now(db)) < 60
+
+
+def test_recompute_counts_only_the_jobs_it_requeued(db):
+    (clip,) = add_clips(db)
+    ids = enqueue(db, [job("a", clip), job("b", clip, 1), job("c", clip, 2)]).ids
+    complete_all(db, claim(db, n=1))  # a done
+    running = claim(db, n=1)  # b running; c still ready
+    assert graph.recompute(db, list(ids.values())) == 1
+    assert states(db, ids) == {"a": "ready", "b": "running", "c": "ready"}
+    assert complete_all(db, running) == {ids["b"]}
+
+
+# --- 1. long batches keep their connection ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_whose_batches_outlive_many_lease_renewals_finishes_without_a_restart(tmp_path):
+    data = write_synth_dataset(
+        tmp_path / "data", clips=4, queries_per_clip=6, duration_sec=6.0, seed=11
+    )
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    plan = json.loads(
+        cli(
+            *enqueue_args(data, "baseline", "--set", "backend=fake", "--run", "long", "--json")
+        ).stdout
+    )
+    assert plan["jobs_total"] >= 20
+    # Each batch (one job) takes 0.7 s; the lease is 1.5 s and is renewed every 0.5 s.
+    out = cli(
+        "-vv", "work", "--until-done", "--batch-size", "1", "--lease", "1.5",
+        env={"EGOQA_FAKE_DELAY_S": "0.7"}, timeout=300,
+    )  # fmt: skip
+    assert f"{plan['jobs_total']} done, 0 failed" in out.stderr
+    assert out.stderr.count("heartbeat: renewed 1 batch lease(s)") >= 20
+    db = open_db(tmp_path / "egoqa.db")
+    with db.read() as cur:
+        assert cur.one("SELECT COUNT(*) FROM jobs WHERE state <> 'done'") == 0
+        assert cur.one("SELECT COUNT(*) FROM workers") == 1
+        assert cur.one("SELECT MAX(attempts) FROM jobs") == 1
+
+
+def test_a_database_used_by_many_threads_keeps_the_main_threads_connection(tmp_path):
+    db = open_db(tmp_path / "egoqa.db", create=True)
+    with db.write() as cur:
+        cur.execute("SELECT 1")
+
+    def use() -> None:
+        with db.write() as cur:
+            cur.execute("SELECT 1")
+
+    for _ in range(12):  # one new thread after another, as every batch's heartbeat once was
+        t = threading.Thread(target=use)
+        t.start()
+        t.join()
+    with db.read() as cur:
+        assert cur.one("SELECT COUNT(*) FROM jobs") == 0
+
+
+# --- 10. paths and names mean what they say -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a%41b.db", "50%.db", "what?.db", "x#1.db"])
+def test_a_database_path_opens_exactly_that_file(tmp_path, name):
+    cli = Cli(tmp_path / name, tmp_path)
+    cli("db", "upgrade")
+    assert [p.name for p in tmp_path.glob("*.db")] == [name]
+
+
+def test_a_preset_name_means_the_preset_even_beside_a_file_of_that_name(tmp_path, synth):
+    (tmp_path / "baseline").write_text("this is not TOML {")
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    out = cli(*enqueue_args(synth, "baseline", "--set", "backend=fake", "--json"))
+    assert json.loads(out.stdout)["jobs_total"] > 0
+
+
+def test_a_model_directory_given_relative_is_found_from_any_directory(tmp_path, synth, tiny_model):
+    here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(tiny_model, here / "models" / "tiny")
+    elsewhere.mkdir()
+    db = tmp_path / "egoqa.db"
+    Cli(db, here)(
+        *enqueue_args(synth, "demo", "--set", "model=models/tiny", "--set", "style=baseline",
+                      "--set", "generation.do_sample=false"),
+        "--limit", "1",
+    )  # fmt: skip
+    out = Cli(db, elsewhere)("work", "--until-done", "--max-batches", "1", timeout=300)
+    assert "1 done, 0 failed" in out.stderr
+    with open_db(db).read() as cur:
+        (spec,) = [json.loads(r[0]) for r in cur.all("SELECT spec FROM jobs")]
+    assert spec["engine"]["model"] == str((here / "models" / "tiny").resolve())
+
+
+# --- 7. stop signals never strand a batch --------------------------------------------------------
+
+
+def test_a_stop_signal_during_the_claim_with_another_thread_alive_releases_the_batch(
+    tmp_path, synth, monkeypatch
+):
+    """The signal is sent while the claim is being made; another thread is alive, so the
+    kernel may hand it to that thread, and Python runs the handler in the main thread anyway."""
+    from egoqa.backends.fake import FakeBackend
+    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    db = open_db(tmp_path / "egoqa.db")
+    idle = threading.Event()
+    bystander = threading.Thread(target=idle.wait, daemon=True)
+    bystander.start()
+    real_claim = queue.claim
+
+    def claim_then_signal(*args, **kwargs):
+        got = real_claim(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # bytecode after the signal: where Python runs its handler
+            pass
+        return got
+
+    monkeypatch.setattr(queue, "claim", claim_then_signal)
+    worker = Worker(db, resolve_engine(db), FakeBackend(), WorkerOptions(batch_size=4))
+    try:
+        worker.run()
+    finally:
+        idle.set()
+    with db.read() as cur:
+        running = cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
+        done_ = cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'done'")
+    assert running == 0, "a claimed batch was stranded until its lease ends"
+    assert done_ == 0 and worker.signals.exit_code == 128 + signal.SIGTERM
+
+
+def test_worker_stopped_by_a_signal_exits_128_plus_the_signal_after_releasing(tmp_path, synth):
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = cli.popen("work", env={"EGOQA_FAKE_DELAY_S": "30"})
+        db = open_db(tmp_path / "egoqa.db")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the worker holds a batch
+            with db.read() as cur:
+                if cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'"):
+                    break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, err
+        with db.read() as cur:
+            assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == 0
+
+
+# --- 9. claims fit the device ---------------------------------------------------------------------
+
+
+def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(tmp_path, synth):
+    from egoqa.backends.fake import FakeBackend
+    from egoqa.plan import media_key
+    from egoqa.store import limits
+    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+
+    class ThreeGigabytesFree(FakeBackend):
+        def free_memory_bytes(self) -> int:
+            return 3 * 2**30
+
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake", "--set", "batch.per_sample_gb=1"))
+    db = open_db(tmp_path / "egoqa.db")
+    served = resolve_engine(db)
+    assert served.config.batch.max == 64
+    worker = Worker(db, served, ThreeGigabytesFree(), WorkerOptions(max_batches=1))
+    worker.run()
+    with db.read() as cur:
+        (spec,) = {r[0] for r in cur.all("SELECT spec FROM jobs WHERE state = 'done'")}
+        n_done = cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'done'")
+        ready = cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'ready'")
+    assert n_done == 3 and ready > 0  # free memory ÷ 1 GB per sample, not 64
+    key = media_key(json.loads(spec)["media"])
+    limits.record_batch(db, served.engine, key, ok=1, failed=2)  # learned: 2 does not fit
+    Worker(db, served, ThreeGigabytesFree(), WorkerOptions(max_batches=1)).run()
+    with db.read() as cur:
+        assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == n_done + 1
+
+
+def test_a_failure_scores_only_the_items_it_touches(tmp_path, synth, monkeypatch):
+    """Recording a failure scores the run items whose graded job failed with it, not the run."""
+    from egoqa import scoring
+    from egoqa.backends.fake import FakeBackend
+    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+
+    calls: list[dict] = []
+    real = scoring.score_items
+    monkeypatch.setattr(scoring, "score_items", lambda db, **kw: calls.append(kw) or real(db, **kw))
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    cli(*enqueue_args(synth, "demo", "--set", "backend=fake"))
+    db = open_db(tmp_path / "egoqa.db")
+    worker = Worker(db, resolve_engine(db), FakeBackend(), WorkerOptions(max_batches=1))
+    claim_ = queue.claim(db, "t", worker.served.engine, 1, 60)
+    worker.runner.recorder.fail(claim_, claim_.jobs[0].id, "video", "unreadable")
+    (kw,) = calls
+    assert kw.keys() == {"job_ids"} and claim_.jobs[0].id in kw["job_ids"]
+    with db.read() as cur:
+        failed = {r[0] for r in cur.all("SELECT id FROM jobs WHERE state = 'failed'")}
+        scored = cur.one("SELECT COUNT(*) FROM run_items WHERE scored_at IS NOT NULL")
+        graded_failed = cur.one(
+            "SELECT COUNT(*) FROM run_items ri JOIN jobs j ON j.id = ri.graded_job_id "
+            "WHERE j.state = 'failed'"
+        )
+    assert set(kw["job_ids"]) == failed and scored == graded_failed > 0
