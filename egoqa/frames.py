@@ -21,7 +21,8 @@ import numpy as np
 from egoqa.backends.base import Frames
 from egoqa.errors import ConfigError, VideoError
 
-SAMPLER_KINDS = ("uniform", "dense")
+SAMPLER_KINDS = ("uniform", "dense", "shots")
+DETECTORS = ("content", "adaptive")
 # How far past the end of the file a timestamp may fall before the file counts as truncated:
 # annotated clip durations and container frame counts disagree by a few frames in practice.
 TRUNCATION_TOLERANCE_SEC = 1.0
@@ -32,29 +33,48 @@ _TS_DIGITS = 6  # timestamps are rounded to microseconds in cache keys
 class SamplerSpec:
     """Which frames of a clip (or of segments of it) the model sees, and at what size."""
 
-    kind: str = "uniform"  # "uniform" (N frames) | "dense" (R fps)
+    kind: str = "uniform"  # "uniform" (N frames) | "dense" (R fps) | "shots" (a frame per shot)
     frames: int = 8
     fps: float = 1.0
     max_edge: int = 448  # resize so the long edge <= max_edge (keep aspect)
     max_frames: int = 768  # cap for dense sampling
+    endpoints: bool = True  # uniform: the first and last frames at the clip's ends (linspace)
+    max_shots: int = 20  # shots: at most this many (the shortest merged into a neighbour)
+    detector: str = "content"  # shots: PySceneDetect's content or adaptive detector
+    threshold: float = 27.0  # content detector threshold
+    adaptive_threshold: float = 3.0  # adaptive detector threshold
+    min_shot_sec: float = 0.5  # shots: no cut closer than this to the previous one
+    split_sec: float = 20.0  # shots: fixed-length pieces where no cut is found
+    stamp: bool = False  # draw each frame's time (a shot's range) onto the frame
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLER_KINDS:
             raise ConfigError(
                 f"unknown sampler {self.kind!r}: use one of {', '.join(SAMPLER_KINDS)}"
             )
-        if self.frames < 1 or self.max_frames < 2:
-            raise ConfigError("sampler needs frames >= 1 and max_frames >= 2")
+        if self.frames < 1 or self.max_frames < 2 or self.max_shots < 1:
+            raise ConfigError("sampler needs frames >= 1, max_frames >= 2 and max_shots >= 1")
         if self.fps <= 0 or self.max_edge < 2:
             raise ConfigError("sampler needs fps > 0 and max_edge >= 2")
+        if self.detector not in DETECTORS:
+            raise ConfigError(
+                f"unknown shot detector {self.detector!r}: use one of {', '.join(DETECTORS)}"
+            )
+        if self.split_sec <= 0 or self.min_shot_sec < 0:
+            raise ConfigError("sampler needs split_sec > 0 and min_shot_sec >= 0")
 
 
 # --- samplers ----------------------------------------------------------------------------------
 
 
 def sample_timestamps(spec: SamplerSpec, duration_sec: float) -> list[float]:
-    """Clip-time timestamps for the whole clip; always an even count (Qwen's temporal patch is 2)."""
+    """Clip-time timestamps for the whole clip; always an even count (Qwen's temporal patch is 2).
+
+    Shots are detected in a video, not computed from a duration: `egoqa.shots` samples them.
+    """
     _check_duration(duration_sec)
+    if spec.kind == "shots":
+        raise ConfigError("the shots sampler needs the clip's detected shots (egoqa.shots)")
     return _even(_positions(spec, duration_sec))
 
 
@@ -67,6 +87,8 @@ def segment_timestamps(
     samples at `spec.fps` inside it. Both walk the union as one concatenated timeline.
     """
     _check_duration(duration_sec)
+    if spec.kind == "shots":
+        raise ConfigError("frames inside segments are sampled uniformly or densely, not by shots")
     union = _merge_segments(segments, duration_sec)
     length = sum(end - start for start, end in union)
     if length <= 0:
@@ -97,6 +119,8 @@ def _check_duration(duration_sec: float) -> None:
 
 
 def _positions(spec: SamplerSpec, length: float) -> list[float]:
+    if spec.kind == "uniform" and spec.endpoints and spec.frames > 1:
+        return [i * length / (spec.frames - 1) for i in range(spec.frames)]
     if spec.kind == "uniform":
         return [(i + 0.5) * length / spec.frames for i in range(spec.frames)]
     count = max(1, math.ceil(length * spec.fps - 0.5))  # k with (k + 0.5) / R < length
@@ -142,6 +166,28 @@ def _to_clip_time(union: list[tuple[float, float]], position: float) -> float:
             return start + position
         position -= end - start
     return union[-1][1]
+
+
+# --- stamping ----------------------------------------------------------------------------------
+
+
+def stamp_frames(frames: Frames, labels: list[str]) -> Frames:
+    """A copy of `frames` with each label drawn in its lower left corner (white on black), as
+    the original pipeline stamped each frame with its time or its shot's range."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = frames.array.shape[1]
+    font = ImageFont.load_default(size=max(8, height // 9))
+    out = np.empty_like(frames.array)
+    for i, (pixels, label) in enumerate(zip(frames.array, labels, strict=True)):
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        y = height - (bottom - top) - 4
+        draw.rectangle((0, y - 2, right - left + 6, height), fill=(0, 0, 0))
+        draw.text((3 - left, y - top), label, fill=(255, 255, 255), font=font)
+        out[i] = np.asarray(image)
+    return Frames(out, list(frames.timestamps), frames.fps)
 
 
 # --- decoding ----------------------------------------------------------------------------------

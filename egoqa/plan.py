@@ -15,11 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from egoqa import __version__
-from egoqa.config import RunConfig
+from egoqa.config import RunConfig, SamplerConfig
 from egoqa.dataset import Clip, Dataset, Query, query_type
 from egoqa.errors import ConfigError
-from egoqa.prompts import Style, Turn
+from egoqa.prompts import TIMING_FIELDS, Style, Turn
 from egoqa.store import queue
 from egoqa.store.db import Cursor, Database
 
@@ -66,14 +68,32 @@ class PlanReport:
 
 
 def _sampler(config: RunConfig, turn: Turn) -> dict:
-    return {**config.sampler.model_dump(), **turn.sampler}
+    """The turn's sampler (the config's, with the turn's own keys over it), as it decides frames."""
+    try:
+        sampler = SamplerConfig.model_validate({**config.sampler.model_dump(), **turn.sampler})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"turn {turn.name!r}: bad sampler ({problems})") from None
+    if sampler.kind == "shots" and turn.media not in ("frames", "none"):
+        raise ConfigError(
+            f"turn {turn.name!r} shows frames of {turn.media!r}: give it a uniform or dense "
+            'sampler (e.g. sampler = {kind = "dense"} in the style, or --set '
+            f"turns.{turn.name}.sampler.kind=dense); shots are detected over a whole window"
+        )
+    return sampler.identity()
 
 
 def media_spec(
-    turn: Turn, config: RunConfig, clip: Clip, identity: str, parent_keys: dict[str, str]
+    turn: Turn,
+    config: RunConfig,
+    clip: Clip,
+    identity: str,
+    parent_keys: dict[str, str],
+    query: Query | None = None,
 ) -> dict:
-    if turn.media == "none":
+    if turn.media == "none" and not turn.placeholders() & set(TIMING_FIELDS):
         return {"kind": "none"}
+    # A text-only turn that lists the frame times or intervals depends on the clip's sampling.
     spec = {
         "kind": turn.media,
         "sampler": _sampler(config, turn),
@@ -83,7 +103,19 @@ def media_spec(
     }
     if turn.media == "segments":
         spec["from"] = parent_keys[turn.segments_from]
+    if turn.media == "ground_truth":
+        spec["window"] = _ground_truth(turn, clip, query)
     return spec
+
+
+def _ground_truth(turn: Turn, clip: Clip, query: Query | None) -> list[float]:
+    if query is None or query.gt_start is None or query.gt_end is None:
+        raise ConfigError(
+            f"turn {turn.name!r} shows the ground-truth window, but query "
+            f"{clip.clip_uid}/{query.annotation_uid if query else '?'} has none (an "
+            "unannotated split): use a style without a ground_truth turn for it"
+        )
+    return [round(query.gt_start, 3), round(query.gt_end, 3)]
 
 
 def media_key(media: dict) -> str:
@@ -91,7 +123,12 @@ def media_key(media: dict) -> str:
     if media["kind"] == "none":
         return "none"
     s = media["sampler"]
-    amount = f"{s['frames']}f" if s["kind"] == "uniform" else f"{s['fps']}fps<={s['max_frames']}"
+    if s["kind"] == "uniform":
+        amount = f"{s['frames']}f"
+    elif s["kind"] == "shots":
+        amount = f"<={s['max_shots']}shots"
+    else:
+        amount = f"{s['fps']}fps<={s['max_frames']}"
     return f"{media['kind']}:{s['kind']}:{amount}:{s['max_edge']}px"
 
 
@@ -116,7 +153,7 @@ def turn_spec(
         "template": turn.template,
         "query": query.text if turn.reads_query and query else None,
         "reads": {r: parent_keys[r] for r in turn.reads},
-        "media": media_spec(turn, config, clip, identity, parent_keys),
+        "media": media_spec(turn, config, clip, identity, parent_keys, query),
         "samples": turn.samples,
         "select": list(turn.select),
     }
@@ -269,7 +306,7 @@ def _ensure_run(
             "config": config.canonical_json(),
             "hash": config.hash(),
             "style": canonical(style.to_dict()),
-            "graded": style.graded.name,
+            "graded": style.result_turn.name,
             "ann": annotations,
             "prov": canonical({"egoqa_version": __version__}),
             "now": time.time(),
@@ -281,7 +318,7 @@ def _ensure_run(
 def _write_items(
     cur: Cursor, run_id: int, style: Style, chains: list[tuple[int, list[str]]], ids: dict[str, int]
 ) -> None:
-    graded = style.index(style.graded.name)
+    graded = style.index(style.result_turn.name)
     cur.executemany(
         """INSERT INTO run_items (run_id, query_id, graded_job_id) VALUES (:run, :q, :job)
            ON CONFLICT (run_id, query_id) DO NOTHING""",
@@ -299,6 +336,17 @@ def _write_items(
     )
 
 
+def _refuse_zoom(style: Style) -> None:
+    """A turn that repeats on narrower windows needs a job graph that grows while it runs; until
+    the planner builds one, such a style is refused rather than run as a single level."""
+    zooming = [t.name for t in style.turns if t.repeat_until or t.window_from]
+    if zooming:
+        raise ConfigError(
+            f"style {style.name!r}: turn(s) {', '.join(zooming)} zoom into narrower windows "
+            "(repeat_until / window_from), which this version cannot run yet; pick another style"
+        )
+
+
 def enqueue_run(
     db: Database,
     dataset: Dataset,
@@ -310,6 +358,8 @@ def enqueue_run(
     recompute: bool = False,
 ) -> PlanReport:
     """Plan and write a run; idempotent (re-enqueueing the same plan creates nothing)."""
+    style = style.with_overrides(config.turns)
+    _refuse_zoom(style)
     used = {q.clip_uid for q in dataset.queries}
     clips = [c for uid, c in dataset.clips.items() if uid in used]
     identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
