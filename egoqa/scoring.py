@@ -64,6 +64,15 @@ def _params(item_id: int, segs, first: Scores, best: Scores) -> dict:
     }
 
 
+def _ungraded_runs(cur) -> list[int]:
+    """Runs whose style grades no turn (the style is stored with the run as JSON)."""
+    return [
+        run_id
+        for run_id, style in cur.all("SELECT id, style FROM runs")
+        if not any(t.get("graded") for t in json.loads(style).get("turns", []))
+    ]
+
+
 def score_items(
     db: Database,
     *,
@@ -90,6 +99,11 @@ def score_items(
             "j.state = 'failed' AND (ri.scored_at IS NULL OR ri.scored_at < j.finished_at)"
         )
     with db.write() as cur:
+        ungraded = _ungraded_runs(cur)
+        if ungraded:  # an answer-only run's items show answers and are never scored
+            names = {f"u{i}": v for i, v in enumerate(ungraded)}
+            where.append("ri.run_id NOT IN (" + ", ".join(":" + n for n in names) + ")")
+            params.update(names)
         rows = cur.all(_SELECT + " WHERE " + " AND ".join(where), params)
         updates = [p for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))]
         cur.executemany(_UPDATE, updates)
