@@ -52,14 +52,24 @@ def parent_responses(db: Database, spec: dict) -> dict[str, str]:
     return {name: rows.get(key) or "" for name, key in keys.items()}
 
 
+def sampler_spec(stored: dict):
+    """The `frames.SamplerSpec` of a job's stored sampler. A uniform sampler stored before
+    `endpoints` existed took bin centres, and its key says so: it keeps them."""
+    from egoqa.frames import SamplerSpec
+
+    if stored.get("kind", "uniform") == "uniform" and "endpoints" not in stored:
+        stored = {**stored, "endpoints": False}
+    return SamplerSpec(**stored)
+
+
 def media_timestamps(spec: dict, duration: float, parents: dict[str, str]) -> list[float]:
     """Frame times of a uniform or dense media spec (a shots sampler needs `media_timing`)."""
-    from egoqa.frames import SamplerSpec, sample_timestamps, segment_timestamps
+    from egoqa.frames import sample_timestamps, segment_timestamps
 
     media = spec["media"]
     if "sampler" not in media:
         return []
-    sampler = SamplerSpec(**media["sampler"])
+    sampler = sampler_spec(media["sampler"])
     if media["kind"] in ("frames", "none"):
         return sample_timestamps(sampler, duration)
     if media["kind"] == "ground_truth":
@@ -76,11 +86,10 @@ def media_timing(
     sampler = media.get("sampler", {})
     if sampler.get("kind") != "shots":
         return Timing(media_timestamps(spec, duration, parents))
-    from egoqa.frames import SamplerSpec
     from egoqa.shots import clip_shots
 
     window = tuple(media.get("window") or (0.0, duration))
-    spec_ = SamplerSpec(**sampler)
+    spec_ = sampler_spec(sampler)
     path, video, offset = Path(video_path), media["video"], media["offset"]
     shots = clip_shots(db, path, video, offset, window, spec_, duration)
     keyframes = shots.keyframes

@@ -274,3 +274,13 @@ def test_stamped_frames_carry_their_label_and_leave_the_originals_alone(full_vid
     assert (corner.max(axis=-1) < 30).mean() > 0.3  # ... on a black box
     assert [read_frame_index(f) for f in stamped.array] == [10, 20]  # the index band is intact
     assert stamped.timestamps == frames.timestamps and stamped.fps == frames.fps
+
+
+def test_a_uniform_sampler_stored_before_endpoints_existed_keeps_its_bin_centres():
+    from egoqa.rendering import media_timestamps
+
+    legacy = {"kind": "uniform", "frames": 8, "fps": 1.0, "max_edge": 448, "max_frames": 768}
+    spec = {"media": {"kind": "frames", "sampler": legacy}}
+    assert media_timestamps(spec, 24.0, {}) == [1.5 + 3 * i for i in range(8)]
+    current = {"media": {"kind": "frames", "sampler": {**legacy, "endpoints": True}}}
+    assert media_timestamps(current, 28.0, {}) == [4.0 * i for i in range(8)]
