@@ -25,6 +25,8 @@ def frames_in(media: dict) -> int:
     s = media["sampler"]
     if s["kind"] == "uniform":
         return s["frames"] + s["frames"] % 2
+    if s["kind"] == "shots":  # at most one keyframe per shot
+        return s["max_shots"] + s["max_shots"] % 2
     return min(s["max_frames"], math.ceil(s["fps"] * float(media.get("duration", 0.0))) + 1)
 
 

@@ -106,8 +106,10 @@ class BatchRunner:
         wanted = []
         for job in claim.jobs:
             media = job.spec["media"]
-            if media["kind"] != "frames":
-                continue  # segment frames depend on a parent's answer: decoded while preparing
+            if media["kind"] != "frames" or media["sampler"]["kind"] == "shots":
+                # segment frames depend on a parent's answer, keyframes on the detected shots:
+                # both are decoded while the job is prepared
+                continue
             path, offset, duration = self.clip(job.clip_id)
             try:
                 timestamps = media_timestamps(job.spec, duration, {})

@@ -43,6 +43,11 @@ def _grouped_bars(
     ax.legend(fontsize=8)
 
 
+def bar_chart(path: Path, title: str, labels: list[str], series: dict[str, list[float]]) -> Path:
+    """Vertical grouped bars of fractions (shown as percent), one group per label."""
+    return _chart(path, title, labels, series, False)
+
+
 def _chart(path: Path, title: str, labels: list[str], series: dict, horizontal: bool) -> Path:
     n = len(labels) * max(1, len(series)) / 3  # bar groups, in widths of three bars
     fig = _figure(*((10, 1.2 + 0.45 * len(labels)) if horizontal else (max(6, 1.1 * n), 4.5)))

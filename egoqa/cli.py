@@ -144,7 +144,7 @@ def enqueue(
         typer.Option(
             "--config",
             "-c",
-            help="Preset name (baseline, coarse, dense, coarse_cot, demo) or TOML file.",
+            help="Preset name (baseline, coarse, dense, coarse_cot, answer_7b, coarse_cot_shots, demo) or TOML file.",
         ),
     ],
     metadata: Annotated[

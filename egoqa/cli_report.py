@@ -20,6 +20,11 @@ class ExportFormat(enum.StrEnum):
     NLQ = "nlq"
 
 
+class Scoring(enum.StrEnum):
+    EGOQA = "egoqa"
+    ORIGINAL = "original"
+
+
 def report(
     run: RunName,
     compare: Annotated[
@@ -37,11 +42,22 @@ def report(
         bool,
         typer.Option("--rescore", help="Recompute scores from the stored responses first."),
     ] = False,
+    scoring: Annotated[
+        Scoring,
+        typer.Option(
+            "--scoring",
+            help="egoqa: coverage and the official NLQ metrics; original: the original "
+            "pipeline's coverage exactly (its segment pattern, whole seconds, its categories).",
+        ),
+    ] = Scoring.EGOQA,
 ) -> None:
     """A run's metrics: overall, by query type, by template, outcomes, failures (every query counts)."""
     from egoqa import report as rp
     from egoqa.cli import emit_table, open_database
 
+    if scoring is Scoring.ORIGINAL:
+        _report_original(run, compare, out, as_json)
+        return
     db = open_database(readonly=not rescore)
     if rescore:
         typer.echo(f"rescored {rp.rescore(db, run)} queries of run {run}", err=True)
@@ -54,12 +70,30 @@ def report(
     else:
         for title, columns, rows in rp.tables(built):
             emit_table(title, columns, rows)
-    if built["summary"]["unscored"]:
+    if built["summary"].get("unscored"):
         typer.echo(
             f"{built['summary']['unscored']} finished queries are not scored yet (counted as "
             f"misses): run `egoqa report --run {run} --rescore`",
             err=True,
         )
+
+
+def _report_original(run: str, compare, out: Path | None, as_json: bool) -> None:
+    from egoqa import original
+    from egoqa.cli import emit_table, open_database
+    from egoqa.errors import EgoqaError
+
+    if compare:
+        raise EgoqaError("--compare goes with the default scoring: drop it or --scoring original")
+    built = original.build(open_database(readonly=True), run)
+    if out is not None:
+        for path in original.write(built, out):
+            typer.echo(f"wrote {path}", err=True)
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in built.items() if k != "instances"}, indent=2))
+        return
+    for title, columns, rows in original.tables(built):
+        emit_table(title, columns, rows)
 
 
 def export(

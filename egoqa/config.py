@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from egoqa import tomlfiles
 from egoqa.errors import ConfigError
@@ -24,16 +25,43 @@ class _Frozen(BaseModel):
 
 
 class SamplerConfig(_Frozen):
-    """Which frames of a clip (or of segments of it) the model sees, and at what size.
+    """Which frames a turn shows: the one sampler type (configs, job specs and frame code).
 
-    The one sampler type: run configs, job specs and the frame code all use it.
+    uniform: `frames` spread over the clip, both ends included when `endpoints` (else bin
+    centres); dense: `fps` frames a second, at most `max_frames`; shots: one keyframe (the middle
+    frame) per shot PySceneDetect finds (`detector`, its threshold, `min_shot_sec`), at most
+    `max_shots` (the shortest merged into a neighbour), `split_sec` pieces when none is found.
+    `stamp` draws each frame's time (a shot's range) onto it.
     """
 
-    kind: Literal["uniform", "dense"] = "uniform"
+    kind: Literal["uniform", "dense", "shots"] = "uniform"
     frames: Annotated[int, Field(ge=1, le=4096)] = 8
     fps: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_edge: Annotated[int, Field(ge=28, le=4096)] = 448
     max_frames: Annotated[int, Field(ge=2, le=4096)] = 768
+    endpoints: bool = True
+    max_shots: Annotated[int, Field(ge=1, le=512)] = 20
+    detector: Literal["content", "adaptive"] = "content"
+    threshold: Annotated[float, Field(gt=0, le=255)] = 27.0
+    adaptive_threshold: Annotated[float, Field(gt=0, le=255)] = 3.0
+    min_shot_sec: Annotated[float, Field(ge=0, le=600)] = 0.5
+    split_sec: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    stamp: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide this sampler's frames (a job key holds these and no others)."""
+        keep = ["kind", "max_edge", "stamp", *SAMPLER_FIELDS[self.kind]]
+        if self.kind == "shots":
+            keep.append("threshold" if self.detector == "content" else "adaptive_threshold")
+        values = self.model_dump()
+        return {k: values[k] for k in keep}
+
+
+SAMPLER_FIELDS = {
+    "uniform": ("frames", "endpoints"),
+    "dense": ("fps", "max_frames"),
+    "shots": ("max_shots", "detector", "min_shot_sec", "split_sec"),
+}
 
 
 class GenerationConfig(_Frozen):
@@ -71,6 +99,27 @@ ENGINE_FIELDS = (
 )
 
 
+class TurnOverride(_Frozen):
+    """One turn's settings in this run, over the style's own (`[turns.answer]`, by turn name)."""
+
+    model: str | None = None
+    sampler: dict[str, Any] = {}
+    max_new_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            SamplerConfig.model_validate(value)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            keys = ", ".join(SamplerConfig.model_fields)
+            raise ValueError(f"{problems} (sampler keys: {keys})") from None
+        return value
+
+
 class RunConfig(_Frozen):
     model: str
     revision: str | None = None
@@ -87,6 +136,7 @@ class RunConfig(_Frozen):
     sampler: SamplerConfig = SamplerConfig()
     generation: GenerationConfig = GenerationConfig()
     batch: BatchConfig = BatchConfig()
+    turns: dict[str, TurnOverride] = {}
     lease_seconds: Annotated[int, Field(ge=10)] = 900
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     priority: int = 0
@@ -135,6 +185,18 @@ def allowed_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[s
     return keys
 
 
+# `--set turns.answer.model=...`: a turn override, for any turn name.
+_TURN_KEY = re.compile(
+    r"turns\.[A-Za-z_][\w-]*\.(?:model|max_new_tokens|sampler\.(?:"
+    + "|".join(SamplerConfig.model_fields)
+    + r"))"
+)
+
+
+def _known_key(key: str) -> bool:
+    return key in allowed_keys() or _TURN_KEY.fullmatch(key) is not None
+
+
 def preset_names() -> list[str]:
     return tomlfiles.shipped("presets")
 
@@ -156,8 +218,12 @@ def apply_override(data: dict, assignment: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set sampler.frames=16")
-    if key not in allowed_keys():
-        raise ConfigError(f"--set: unknown key {key!r}; allowed: {', '.join(allowed_keys())}")
+    if not _known_key(key):
+        allowed = [k for k in allowed_keys() if k != "turns"]
+        raise ConfigError(
+            f"--set: unknown key {key!r}; allowed: {', '.join(allowed)}, "
+            "turns.<turn>.model, turns.<turn>.max_new_tokens, turns.<turn>.sampler.<key>"
+        )
     *parents, leaf = key.split(".")
     node = data
     for p in parents:
@@ -191,7 +257,10 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def sampler_from(data: dict[str, Any]) -> SamplerConfig:
-    """A sampler from a job spec or a test, with a one-line error for bad values."""
+    """A sampler from a job spec, with a one-line error for bad values. A uniform sampler
+    stored before `endpoints` existed took bin centres, and its key says so: it keeps them."""
+    if data.get("kind", "uniform") == "uniform" and "endpoints" not in data:
+        data = {**data, "endpoints": False}
     try:
         return SamplerConfig.model_validate(data)
     except ValidationError as exc:

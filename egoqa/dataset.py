@@ -309,6 +309,8 @@ class _Loader:
             raise _Skip("bad_record", f"duplicate query {clip_uid}/{annotation_uid}/{query_idx}")
         self.seen.add(key)
         extra = _extra(raw)
+        if raw["query"] != text:  # kept as written for the original pipeline's query categories
+            extra["query_raw"] = raw["query"]
         return Query(*key, text, _template(raw), gt_start, gt_end, extra)
 
     def window(self, raw: dict) -> tuple[float | None, float | None]:

@@ -7,13 +7,13 @@ tIoU strictly above 0.3 / 0.5, mIoU of the top-1 window); every query counts.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
 from egoqa.errors import EgoqaError
+from egoqa.grammar import Block, Span, blocks, has_verdicts
 
 NLQ_VERSION = "1.0"
 NLQ_CHALLENGE = "ego4d_nlq_challenge"
@@ -62,133 +62,16 @@ class PredictionFileError(EgoqaError, ValueError):
 
 
 # --- parsing -------------------------------------------------------------------------------
-
-# Dashes of every width, and the minus sign, all read as "-".
-_DASHES = str.maketrans(
-    dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d", "-")
-)
-_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000\ufeff\t]")
-_MARKUP = re.compile(r"\*\*|__|`")
-
-_NUMBER = r"(?:\d{1,2}:)?\d{1,2}:\d{2}(?:\.\d+)?|\d+(?:\.\d+)?"
-_UNIT = r"seconds?|secs?\.?|s|minutes?|mins?\.?"
+# The grammar (time ranges, verdicts, confidence scores) is egoqa.grammar's, shared with the
+# selection rules and the zoom choice.
 
 
-def _endpoint(tag: str) -> str:
-    # The lookarounds stop a match from starting or ending inside a longer number or word.
-    return (
-        rf"(?P<{tag}_open>\[\s*)?(?<![\w.:])(?P<{tag}>{_NUMBER})(?!\d|[.:]\d)"
-        rf"(?:\s*(?P<{tag}_unit>{_UNIT})(?![a-z]))?(?P<{tag}_close>\s*\])?"
-    )
-
-
-_RANGE = re.compile(
-    rf"(?:\b(?P<prefix>from|between)\s+)?{_endpoint('a')}"
-    rf"\s*(?P<sep>-(?!>)|~|\bto\b|\buntil\b|\btill\b|\band\b)\s*{_endpoint('b')}",
-    re.IGNORECASE,
-)
-_LIST_MARKER = re.compile(r"\s*(?:[>#]+\s*)*(?:(?:\d+[.)]|[-*+\u2022])\s+)?")
-# What may follow a bare "12 - 30" for it to count: end of line or punctuation, not "cups".
-_BARE_FOLLOW = re.compile(r"\s*(?:$|[:,;.)\](\u2192]|[-~](?!\s*\d))")
-_LABEL_BEFORE = re.compile(
-    r"(?:\b(?:stage|step|steps|phase|part|scene|item|option|question|query|number)\s*|#)$",
-    re.IGNORECASE,
-)
-_VERDICT = re.compile(r"\bverdict\b\W*(not\s+relevant|irrelevant|relevant)", re.IGNORECASE)
-_CONFIDENCE = re.compile(
-    r"\bconfidence(?:\s+score)?(?:\s*\([^)]*\))?\W*(\d+(?:\.\d+)?)", re.IGNORECASE
-)
-_ANNOTATION_LINE = re.compile(
-    r"(?:relevant|irrelevant|confidence(?:\s+score)?|verdict|reason(?:ing)?|explanation)\s*:",
-    re.IGNORECASE,
-)
-
-
-@dataclass
-class _Item:
-    """One interval block of a response: its windows, and the score and verdict given to it."""
-
-    spans: list[tuple[float, float, bool]]
-    confidence: float | None = None
-    verdict: str | None = None
-
-
-def _normalize(text: str) -> str:
-    text = _SPACES.sub(" ", text.translate(_DASHES)).replace("\uff5e", "~")
-    return _MARKUP.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-
-
-def _content_start(line: str) -> int:
-    """Where a line's text begins, after indentation, quote/heading marks and a list marker."""
-    marker = _LIST_MARKER.match(line)
-    return marker.end() if marker else 0
-
-
-def _seconds(number: str, unit: str | None) -> float:
-    if ":" in number:
-        value = 0.0
-        for part in number.split(":"):
-            value = value * 60 + float(part)
-        return value
-    minutes = unit is not None and unit.lower().startswith("min")
-    return float(number) * (60 if minutes else 1)
-
-
-def _is_time_range(m: re.Match[str], line: str, content_start: int) -> bool:
-    if m["sep"].lower() == "and" and (m["prefix"] or "").lower() != "between":
-        return False
-    # A bounded look-back keeps long responses linear; labels are short words.
-    if _LABEL_BEFORE.search(line, max(0, m.start("a") - 24), m.start("a")):
-        return False
-    evidence = any(m[g] for g in ("a_unit", "b_unit", "a_open", "a_close", "b_open", "b_close"))
-    if evidence or ":" in m["a"] or ":" in m["b"]:
-        return True
-    bare_ok = m.start() <= content_start and m["sep"] in ("-", "~")
-    return bare_ok and _BARE_FOLLOW.match(line, m.end()) is not None
-
-
-def _range_span(m: re.Match[str]) -> tuple[float, float, bool]:
-    a_unit, b_unit = m["a_unit"] or m["b_unit"], m["b_unit"] or m["a_unit"]
-    a, b = _seconds(m["a"], a_unit), _seconds(m["b"], b_unit)
-    return min(a, b), max(a, b), a == b
-
-
-def _line_spans(line: str) -> list[tuple[float, float, bool]]:
-    """Every time range written on one line, left to right: (start, end, literally zero-length)."""
-    content_start = _content_start(line)
-    spans, pos = [], 0
-    while (m := _RANGE.search(line, pos)) is not None:
-        if _is_time_range(m, line, content_start):
-            spans.append(_range_span(m))
-            pos = m.end()
-        else:
-            pos = m.start() + 1
-    return spans
-
-
-def _collect_items(lines: list[str], verdict_mode: bool) -> list[_Item]:
-    items: list[_Item] = []
-    for line in lines:
-        body = _content_start(line)
-        annotation = verdict_mode and _ANNOTATION_LINE.match(line, body) is not None
-        spans = [] if annotation else _line_spans(line)
-        if spans:
-            items.append(_Item(spans))
-        if not items:
-            continue
-        if (c := _CONFIDENCE.search(line)) is not None:
-            items[-1].confidence = float(c[1])
-        if (v := _VERDICT.search(line)) is not None:
-            items[-1].verdict = v[1].lower()
-    return items
-
-
-def _rank_relevant(items: list[_Item]) -> list[_Item]:
+def _rank_relevant(items: list[Block]) -> list[Block]:
     kept = [item for item in items if item.verdict == "relevant"]
     return sorted(kept, key=lambda it: (it.confidence is None, -(it.confidence or 0.0)))
 
 
-def _clip(span: tuple[float, float, bool], duration: float | None) -> tuple[float, float] | None:
+def _clip(span: Span, duration: float | None) -> tuple[float, float] | None:
     start, end, literal_zero = span
     if duration is None or duration <= 0:
         return start, end
@@ -209,10 +92,8 @@ def parse_segments(text: str | None, clip_duration: float | None = None) -> list
     """
     if not text:
         return []
-    lines = _normalize(text).split("\n")
-    verdict_mode = any(_VERDICT.search(line) for line in lines)
-    items = _collect_items(lines, verdict_mode)
-    if verdict_mode:
+    items = blocks(text)
+    if has_verdicts(text):
         items = _rank_relevant(items)
     segments: list[Segment] = []
     seen: set[tuple[float, float]] = set()

@@ -19,7 +19,7 @@ import numpy as np
 
 from egoqa.backends.base import Frames
 from egoqa.config import SamplerConfig
-from egoqa.errors import VideoError
+from egoqa.errors import ConfigError, VideoError
 
 # How far past the end of the file a timestamp may fall before the file counts as truncated:
 # annotated clip durations and container frame counts disagree by a few frames in practice.
@@ -31,8 +31,13 @@ _TS_DIGITS = 6  # timestamps are rounded to microseconds in cache keys
 
 
 def sample_timestamps(spec: SamplerConfig, duration_sec: float) -> list[float]:
-    """Clip-time timestamps for the whole clip; always an even count (Qwen's temporal patch is 2)."""
+    """Clip-time timestamps for the whole clip; always an even count (Qwen's temporal patch is 2).
+
+    Shots are detected in a video, not computed from a duration: `egoqa.shots` samples them.
+    """
     _check_duration(duration_sec)
+    if spec.kind == "shots":
+        raise ConfigError("the shots sampler needs the clip's detected shots (egoqa.shots)")
     return _even(_positions(spec, duration_sec))
 
 
@@ -45,6 +50,8 @@ def segment_timestamps(
     samples at `spec.fps` inside it. Both walk the union as one concatenated timeline.
     """
     _check_duration(duration_sec)
+    if spec.kind == "shots":
+        raise ConfigError("frames inside segments are sampled uniformly or densely, not by shots")
     union = _merge_segments(segments, duration_sec)
     length = sum(end - start for start, end in union)
     if length <= 0:
@@ -75,6 +82,8 @@ def _check_duration(duration_sec: float) -> None:
 
 
 def _positions(spec: SamplerConfig, length: float) -> list[float]:
+    if spec.kind == "uniform" and spec.endpoints and spec.frames > 1:
+        return [i * length / (spec.frames - 1) for i in range(spec.frames)]
     if spec.kind == "uniform":
         return [(i + 0.5) * length / spec.frames for i in range(spec.frames)]
     count = max(1, math.ceil(length * spec.fps - 0.5))  # k with (k + 0.5) / R < length
@@ -120,6 +129,28 @@ def _to_clip_time(union: list[tuple[float, float]], position: float) -> float:
             return start + position
         position -= end - start
     return union[-1][1]
+
+
+# --- stamping ----------------------------------------------------------------------------------
+
+
+def stamp_frames(frames: Frames, labels: list[str]) -> Frames:
+    """A copy of `frames` with each label drawn in its lower left corner (white on black), as
+    the original pipeline stamped each frame with its time or its shot's range."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = frames.array.shape[1]
+    font = ImageFont.load_default(size=max(8, height // 9))
+    out = np.empty_like(frames.array)
+    for i, (pixels, label) in enumerate(zip(frames.array, labels, strict=True)):
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        y = height - (bottom - top) - 4
+        draw.rectangle((0, y - 2, right - left + 6, height), fill=(0, 0, 0))
+        draw.text((3 - left, y - top), label, fill=(255, 255, 255), font=font)
+        out[i] = np.asarray(image)
+    return Frames(out, list(frames.timestamps), frames.fps)
 
 
 # --- decoding ----------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from egoqa import __version__
-from egoqa.config import RunConfig, engine_id, resolve_model_ref
+from egoqa.config import RunConfig, SamplerConfig, engine_id, resolve_model_ref
 from egoqa.dataset import Clip, Dataset, Query, query_type
 from egoqa.errors import ConfigError
-from egoqa.prompts import Style, Turn
+from egoqa.prompts import TIMING_FIELDS, Style, Turn
 from egoqa.store import catalog, graph, queue
 from egoqa.store.db import Cursor, Database
 
@@ -70,14 +72,32 @@ class PlanReport:
 
 
 def _sampler(config: RunConfig, turn: Turn) -> dict:
-    return {**config.sampler.model_dump(), **turn.sampler}
+    """The turn's sampler (the config's, with the turn's own keys over it), as it decides frames."""
+    try:
+        sampler = SamplerConfig.model_validate({**config.sampler.model_dump(), **turn.sampler})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"turn {turn.name!r}: bad sampler ({problems})") from None
+    if sampler.kind == "shots" and turn.media not in ("frames", "none"):
+        raise ConfigError(
+            f"turn {turn.name!r} shows frames of {turn.media!r}: give it a uniform or dense "
+            'sampler (e.g. sampler = {kind = "dense"} in the style, or --set '
+            f"turns.{turn.name}.sampler.kind=dense); shots are detected over a whole window"
+        )
+    return sampler.identity()
 
 
 def media_spec(
-    turn: Turn, config: RunConfig, clip: Clip, identity: str, parent_keys: dict[str, str]
+    turn: Turn,
+    config: RunConfig,
+    clip: Clip,
+    identity: str,
+    parent_keys: dict[str, str],
+    query: Query | None = None,
 ) -> dict:
-    if turn.media == "none":
+    if turn.media == "none" and not turn.placeholders() & set(TIMING_FIELDS):
         return {"kind": "none"}
+    # A text-only turn that lists the frame times or intervals depends on the clip's sampling.
     spec = {
         "kind": turn.media,
         "sampler": _sampler(config, turn),
@@ -87,7 +107,19 @@ def media_spec(
     }
     if turn.media == "segments":
         spec["from"] = parent_keys[turn.segments_from]
+    if turn.media == "ground_truth":
+        spec["window"] = _ground_truth(turn, clip, query)
     return spec
+
+
+def _ground_truth(turn: Turn, clip: Clip, query: Query | None) -> list[float]:
+    if query is None or query.gt_start is None or query.gt_end is None:
+        raise ConfigError(
+            f"turn {turn.name!r} shows the ground-truth window, but query "
+            f"{clip.clip_uid}/{query.annotation_uid if query else '?'} has none (an "
+            "unannotated split): use a style without a ground_truth turn for it"
+        )
+    return [round(query.gt_start, 3), round(query.gt_end, 3)]
 
 
 def media_key(media: dict) -> str:
@@ -95,7 +127,12 @@ def media_key(media: dict) -> str:
     if media["kind"] == "none":
         return "none"
     s = media["sampler"]
-    amount = f"{s['frames']}f" if s["kind"] == "uniform" else f"{s['fps']}fps<={s['max_frames']}"
+    if s["kind"] == "uniform":
+        amount = f"{s['frames']}f"
+    elif s["kind"] == "shots":
+        amount = f"<={s['max_shots']}shots"
+    else:
+        amount = f"{s['fps']}fps<={s['max_frames']}"
     return f"{media['kind']}:{s['kind']}:{amount}:{s['max_edge']}px"
 
 
@@ -118,7 +155,7 @@ def turn_spec(
         "template": turn.template,
         "query": query.text if turn.reads_query and query else None,
         "reads": {r: parent_keys[r] for r in turn.reads},
-        "media": media_spec(turn, config, clip, identity, parent_keys),
+        "media": media_spec(turn, config, clip, identity, parent_keys, query),
         "samples": turn.samples,
         "select": list(turn.select),
     }
@@ -242,7 +279,7 @@ def _run_row(config: RunConfig, style: Style, name: str, annotations: str | None
         "config": config.canonical_json(),
         "hash": plan_hash(config, style),
         "style": canonical(style.to_dict()),
-        "graded": style.graded.name,
+        "graded": style.result_turn.name,
         "ann": annotations,
         "prov": canonical({"egoqa_version": __version__}),
     }
@@ -291,6 +328,17 @@ def _ensure_run(cur: Cursor, row: dict, recompute: bool) -> tuple[int, str | Non
     return stored.id, change
 
 
+def _refuse_zoom(style: Style) -> None:
+    """A turn that repeats on narrower windows needs a job graph that grows while it runs; until
+    the planner builds one, such a style is refused rather than run as a single level."""
+    zooming = [t.name for t in style.turns if t.repeat_until or t.window_from]
+    if zooming:
+        raise ConfigError(
+            f"style {style.name!r}: turn(s) {', '.join(zooming)} zoom into narrower windows "
+            "(repeat_until / window_from), which this version cannot run yet; pick another style"
+        )
+
+
 def enqueue_run(
     db: Database,
     dataset: Dataset,
@@ -306,6 +354,8 @@ def enqueue_run(
     Items whose chain of jobs changed (a query's text, a video file) are re-pointed at the new
     jobs; a changed config or style needs `recompute`, which also re-queues the plan's jobs.
     """
+    style = style.with_overrides(config.turns)
+    _refuse_zoom(style)
     used = {q.clip_uid for q in dataset.queries}
     clips = [c for uid, c in dataset.clips.items() if uid in used]
     identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
@@ -320,7 +370,8 @@ def enqueue_run(
         result = queue.enqueue(cur, list(planner.jobs.values()))
         chains = [(qid, [result.ids[k] for k in keys]) for qid, keys in planner.chains]
         names = [t.name for t in style.turns]
-        moved = catalog.write_items(cur, run_id, names, style.index(style.graded.name), chains)
+        graded = style.index(style.result_turn.name)
+        moved = catalog.write_items(cur, run_id, names, graded, chains)
     recomputed = graph.recompute(db, sorted(result.ids.values())) if recompute else 0
     return PlanReport(
         run=run,

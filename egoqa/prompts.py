@@ -1,25 +1,32 @@
 """Prompt styles as data: an ordered list of turns, loaded from TOML (shipped or the user's own).
 
-Each turn says what it shows the model (no media, the clip's sampled frames, or frames inside
-the segments an earlier turn chose), whether it reads the query, which earlier turns' chosen
-responses it embeds, how many samples to draw and how to pick one, an optional model override,
-and whether it is graded. A turn that reads neither the query nor a query-dependent turn is
-per-clip: computed once per clip and shared by every query on it.
+Each turn says what it shows the model (no media, the clip's sampled frames, frames inside the
+segments an earlier turn chose, or frames of the query's ground-truth window: a reference
+answer), whether it reads the query, which earlier turns' chosen responses it embeds, how many
+samples to draw and how to pick one, an optional model override, and whether it is graded (at
+most one turn; none makes an answer-only style). A turn may repeat on narrower windows
+(`repeat_until`, choosing by `zoom`) and take its window from an earlier turn (`window_from`).
+A turn that reads neither the query nor a query-dependent turn is per-clip: computed once per
+clip and shared by every query on it.
 """
 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from egoqa import tomlfiles
 from egoqa.errors import StyleError
 
-MEDIA = ("none", "frames", "segments")
-SELECT_RULES = ("first", "longest", "consensus", "format:intervals")
-BUILTIN_FIELDS = ("query", "timestamps", "intervals", "duration", "num_frames")
+MEDIA = ("none", "frames", "segments", "ground_truth")
+SELECT_RULES = ("first", "longest", "consensus", "format:intervals", "format:verdicts")
+TIMING_FIELDS = ("timestamps", "intervals", "numbered_intervals", "num_frames")
+BUILTIN_FIELDS = ("query", *TIMING_FIELDS, "duration")
+ZOOM_CHOICES = ("model", "oracle")
+REPEAT_KEYS = {"window_sec": float, "max_depth": int}
+MAX_DEPTH = 32
 _TURN_KEYS = {
     "name",
     "template",
@@ -34,6 +41,9 @@ _TURN_KEYS = {
     "graded",
     "max_new_tokens",
     "system",
+    "repeat_until",
+    "window_from",
+    "zoom",
 }
 
 
@@ -52,6 +62,15 @@ class Turn:
     graded: bool = False
     max_new_tokens: int | None = None
     system: str | None = None
+    # Recursive zoom: repeat on the chosen segment until it is at most `window_sec` long or
+    # `max_depth` levels ran; `window_from` takes the final window of an earlier turn.
+    repeat_until: dict[str, Any] | None = None
+    window_from: str | None = None
+    zoom: str = "model"
+
+    def parents(self) -> list[str]:
+        """The earlier turns this one needs: those it reads, and its segments' or window's."""
+        return [*self.reads, *(t for t in (self.segments_from, self.window_from) if t)]
 
     def placeholders(self) -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
@@ -64,8 +83,14 @@ class Style:
     turns: tuple[Turn, ...]
 
     @property
-    def graded(self) -> Turn:
-        return next(t for t in self.turns if t.graded)
+    def graded(self) -> Turn | None:
+        """The graded turn; None for an answer-only style (its answers are shown, not scored)."""
+        return next((t for t in self.turns if t.graded), None)
+
+    @property
+    def result_turn(self) -> Turn:
+        """The turn a run's results rows show: the graded one, else the last."""
+        return self.graded or self.turns[-1]
 
     def turn(self, name: str) -> Turn:
         return next(t for t in self.turns if t.name == name)
@@ -77,9 +102,23 @@ class Style:
         """Which turns are shared by every query on a clip."""
         out: dict[str, bool] = {}
         for t in self.turns:
-            parents = list(t.reads) + ([t.segments_from] if t.segments_from else [])
-            out[t.name] = not t.reads_query and all(out[p] for p in parents)
+            by_query = t.reads_query or t.media == "ground_truth"
+            out[t.name] = not by_query and all(out[p] for p in t.parents())
         return out
+
+    def with_overrides(self, overrides: dict) -> Style:
+        """The style with a run's turn overrides (`config.TurnOverride` by turn name) applied."""
+        names = [t.name for t in self.turns]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise StyleError(
+                f"the config overrides turn(s) {unknown}, which style {self.name!r} does not "
+                f"have; its turns: {', '.join(names)}"
+            )
+        turns = tuple(
+            _override(t, overrides[t.name]) if t.name in overrides else t for t in self.turns
+        )
+        return replace(self, turns=turns)
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +128,15 @@ class Style:
                 t.__dict__ | {"reads": list(t.reads), "select": list(t.select)} for t in self.turns
             ],
         }
+
+
+def _override(turn: Turn, o) -> Turn:
+    return replace(
+        turn,
+        model=o.model or turn.model,
+        sampler={**turn.sampler, **o.sampler},
+        max_new_tokens=o.max_new_tokens or turn.max_new_tokens,
+    )
 
 
 def style_names() -> list[str]:
@@ -138,9 +186,56 @@ def _parse_turn(d: Any, i: int, origin: str) -> Turn:
             graded=bool(d.get("graded", False)),
             max_new_tokens=d.get("max_new_tokens"),
             system=d.get("system"),
+            repeat_until=_repeat_until(d.get("repeat_until"), d["name"], origin),
+            window_from=d.get("window_from"),
+            zoom=d.get("zoom", "model"),
         )
     except (TypeError, ValueError) as exc:
         raise StyleError(f"{origin}: turn {d['name']!r}: {exc}") from None
+
+
+def _repeat_until(value: Any, name: str, origin: str) -> dict[str, Any] | None:
+    """`repeat_until = {window_sec = 20, max_depth = 6}`: both keys, positive numbers."""
+    if value is None:
+        return None
+    where = f"{origin}: turn {name!r}: repeat_until"
+    if not isinstance(value, dict) or set(value) != set(REPEAT_KEYS):
+        raise StyleError(
+            f"{where} must be a table with exactly window_sec and max_depth, e.g. "
+            "repeat_until = {window_sec = 20, max_depth = 6}"
+        )
+    window, depth = value["window_sec"], value["max_depth"]
+    if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
+        raise StyleError(f"{where}.window_sec must be a number of seconds above 0, not {window!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+        raise StyleError(f"{where}.max_depth must be a whole number from 1 to {MAX_DEPTH}")
+    return {"window_sec": float(window), "max_depth": depth}
+
+
+def _validate_zoom(t: Turn, seen: list[str], where: str) -> None:
+    if t.zoom not in ZOOM_CHOICES:
+        raise StyleError(f"{where}: zoom must be one of {', '.join(ZOOM_CHOICES)}, not {t.zoom!r}")
+    if t.zoom != "model" and t.repeat_until is None:
+        raise StyleError(f"{where}: zoom only goes with repeat_until (it picks each next window)")
+    if t.repeat_until is not None and t.media != "frames":
+        raise StyleError(f"{where}: repeat_until needs media = 'frames' (the window it narrows)")
+    if t.window_from is None:
+        return
+    if t.window_from not in seen:
+        raise StyleError(f"{where}: window_from names {t.window_from!r}, not an earlier turn")
+    if t.media != "frames":
+        raise StyleError(f"{where}: window_from needs media = 'frames' (frames of that window)")
+
+
+def _validate_sampler(t: Turn, where: str) -> None:
+    from egoqa.config import SamplerConfig
+
+    unknown = sorted(set(t.sampler) - set(SamplerConfig.model_fields))
+    if unknown:
+        raise StyleError(
+            f"{where}: unknown sampler key(s) {unknown}; allowed: "
+            f"{', '.join(SamplerConfig.model_fields)}"
+        )
 
 
 def _validate(style: Style, origin: str) -> None:
@@ -162,6 +257,8 @@ def _validate(style: Style, origin: str) -> None:
                 raise StyleError(
                     f"{where}: reads {r!r}, which is not an earlier turn ({', '.join(seen) or 'none'})"
                 )
+        _validate_zoom(t, seen, where)
+        _validate_sampler(t, where)
         if t.samples < 1 or t.samples > 64:
             raise StyleError(f"{where}: samples must be between 1 and 64")
         bad_rules = [r for r in t.select if r not in SELECT_RULES]
@@ -176,8 +273,10 @@ def _validate(style: Style, origin: str) -> None:
                 f"{where}: template uses {sorted(unknown)}; allowed here: {sorted(allowed)}"
             )
         seen.append(t.name)
-    if sum(t.graded for t in style.turns) != 1:
-        raise StyleError(f"{origin}: exactly one turn must have graded = true")
+    if sum(t.graded for t in style.turns) > 1:
+        raise StyleError(
+            f"{origin}: at most one turn may have graded = true (none: an answer-only style)"
+        )
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -186,6 +285,10 @@ def _validate(style: Style, origin: str) -> None:
 def fmt_time(t: float) -> str:
     r = round(t, 1)
     return f"{int(r)}s" if r == int(r) else f"{r}s"
+
+
+def fmt_range(start: float, end: float) -> str:
+    return f"{fmt_time(start)} - {fmt_time(end)}"
 
 
 def render(
@@ -209,16 +312,26 @@ def render_template(
     timestamps: list[float],
     duration: float,
     parents: dict[str, str],
+    ranges: list[tuple[float, float]] | None = None,
 ) -> str:
+    """Fill a template. With `ranges` (a shots sampler: one keyframe per shot) each frame is
+    named by its shot's range, in `{timestamps}` and as the `{intervals}` lines."""
+    if ranges is not None:
+        times = ", ".join(fmt_range(a, b) for a, b in ranges)
+        pairs, count = list(ranges), len(ranges)
+    else:
+        times = ", ".join(fmt_time(t) for t in timestamps)
+        pairs, count = list(zip(timestamps, timestamps[1:], strict=False)), len(timestamps)
     values = {
         "query": query or "",
-        "timestamps": ", ".join(fmt_time(t) for t in timestamps),
-        "intervals": "\n".join(
-            f"{fmt_time(a)} - {fmt_time(b)}"
-            for a, b in zip(timestamps, timestamps[1:], strict=False)
+        "timestamps": times,
+        "intervals": "\n".join(fmt_range(a, b) for a, b in pairs),
+        # `1. 0s - 16s:` lines: the verdict blocks' openings, as the original pipeline wrote them
+        "numbered_intervals": "\n".join(
+            f"{i}. {fmt_range(a, b)}:" for i, (a, b) in enumerate(pairs, 1)
         ),
         "duration": fmt_time(duration),
-        "num_frames": str(len(timestamps)),
+        "num_frames": str(count),
         **parents,
     }
     return template.format_map(values)

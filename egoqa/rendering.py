@@ -1,10 +1,14 @@
 """Turning a claimed job into a backend request: its parents' responses, its frames, its prompt.
 
 Prompts are rendered at claim time (parents are done by then) and stored with the job's result.
+A shots sampler detects the clip's shots here, in the worker, through the database's cache: the
+first job of a clip pays for the detection, every later one (any worker, any run) reads it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from egoqa.backends.base import Request, job_seed
@@ -18,6 +22,19 @@ from egoqa.store.work import responses_by_key
 SEGMENTS = "__segments__"
 
 
+@dataclass
+class Timing:
+    """The frame times a job shows (an even count) and, for shots, each keyframe's shot."""
+
+    timestamps: list[float] = field(default_factory=list)
+    ranges: list[tuple[float, float]] | None = None
+
+    @property
+    def intervals(self) -> list[tuple[float, float]]:
+        """The intervals the prompt lists: the shots, or the gaps between consecutive frames."""
+        return list(self.ranges) if self.ranges is not None else list(pairwise(self.timestamps))
+
+
 def parent_responses(db: Database, spec: dict) -> dict[str, str]:
     """The chosen response of every turn this job reads (and of the turn its segments come from)."""
     keys = dict(spec.get("reads", {}))
@@ -28,16 +45,60 @@ def parent_responses(db: Database, spec: dict) -> dict[str, str]:
 
 
 def media_timestamps(spec: dict, duration: float, parents: dict[str, str]) -> list[float]:
+    """Frame times of a uniform or dense media spec (a shots sampler needs `media_timing`)."""
     from egoqa.frames import sample_timestamps, segment_timestamps
 
     media = spec["media"]
-    if media["kind"] == "none":
+    if "sampler" not in media:
         return []
     sampler = sampler_from(media["sampler"])
-    if media["kind"] == "frames":
+    if media["kind"] in ("frames", "none"):
         return sample_timestamps(sampler, duration)
+    if media["kind"] == "ground_truth":
+        return segment_timestamps(sampler, [tuple(media["window"])], duration)
     segments = [(s.start, s.end) for s in parse_segments(parents.get(SEGMENTS), duration)]
     return segment_timestamps(sampler, segments, duration)
+
+
+def media_timing(
+    db: Database, spec: dict, video_path: str, duration: float, parents: dict[str, str]
+) -> Timing:
+    """What the job shows: frame times, and with a shots sampler the shots they stand for."""
+    media = spec["media"]
+    sampler = media.get("sampler", {})
+    if sampler.get("kind") != "shots":
+        return Timing(media_timestamps(spec, duration, parents))
+    from egoqa.shots import clip_shots
+
+    window = tuple(media.get("window") or (0.0, duration))
+    spec_ = sampler_from(sampler)
+    path, video, offset = Path(video_path), media["video"], media["offset"]
+    shots = clip_shots(db, path, video, offset, window, spec_, duration)
+    keyframes = shots.keyframes
+    if len(keyframes) % 2:  # Qwen's temporal patch takes frames in pairs
+        keyframes.append(keyframes[-1])
+    return Timing(keyframes, shots.ranges)
+
+
+def _frames(spec: dict, timing: Timing, video_path: str, offset: float, duration: float, decoder):
+    media = spec["media"]
+    if media["kind"] == "none" or not timing.timestamps:
+        return None
+    sampler = media["sampler"]
+    frames = decoder.frames(
+        Path(video_path), offset, timing.timestamps, sampler["max_edge"], duration
+    )
+    if not sampler.get("stamp"):
+        return frames
+    from egoqa.frames import stamp_frames
+    from egoqa.prompts import fmt_range, fmt_time
+
+    if timing.ranges is not None:
+        labels = [fmt_range(*r) for r in timing.ranges]
+        labels += labels[-1:] * (len(timing.timestamps) - len(labels))
+    else:
+        labels = [fmt_time(t) for t in timing.timestamps]
+    return stamp_frames(frames, labels)
 
 
 def build_request(
@@ -48,22 +109,21 @@ def build_request(
 
     spec = job.spec
     parents = parent_responses(db, spec)
-    timestamps = media_timestamps(spec, duration, parents)
-    frames = None
-    if timestamps:
-        max_edge = spec["media"]["sampler"]["max_edge"]
-        frames = decoder.frames(Path(video_path), offset, timestamps, max_edge, duration)
+    timing = media_timing(db, spec, video_path, duration, parents)
+    frames = _frames(spec, timing, video_path, offset, duration, decoder)
     reads = {k: v for k, v in parents.items() if k != SEGMENTS}
     prompt = render_template(
         spec["template"],
         query=spec.get("query"),
-        timestamps=timestamps,
+        timestamps=timing.timestamps,
         duration=duration,
         parents=reads,
+        ranges=timing.ranges,
     )
     first_read = next(iter(reads.values()), "")
     context = {
-        "timestamps": timestamps,
+        "timestamps": timing.timestamps,
+        "intervals": timing.intervals,
         "stages": parse_stage_names(first_read) if first_read else [],
     }
     request = Request(

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from egoqa.evaluate import (
     summarize,
     validate_nlq_predictions,
 )
+from egoqa.provenance import git_hash, package_versions
 from egoqa.store.db import Database
 from egoqa.store.read import run_exists
 
@@ -37,11 +36,6 @@ METRICS = ("coverage", "r1_03", "r1_05", "r5_03", "r5_05", "mean_r1", "miou")
 BEST_METRICS = ("coverage", "r1_03", "r1_05", "mean_r1", "miou")
 OUTCOMES = (*(o.value for o in Outcome), "pending")
 ALL = "(all)"  # the total row of the outcome table; parenthesised so no query type can clash
-# Versions recorded in results.json, read from package metadata (nothing is imported).
-PACKAGES = (
-    "egoqa", "torch", "transformers", "accelerate", "qwen-vl-utils", "decord", "av", "tokenizers",
-    "sqlalchemy", "alembic", "pandas", "numpy", "matplotlib", "pydantic",
-)  # fmt: skip
 # metric: (its name in the summary table and the charts, its short head in breakdown tables)
 METRIC_NAMES = {
     "coverage": ("coverage", "cov"),
@@ -62,6 +56,10 @@ class UnscoredResults(EgoqaError):
     """Finished queries carry no scores yet: run `egoqa report --rescore` first."""
 
 
+class UngradedRun(EgoqaError):
+    """The run's style grades no turn (an answer-only baseline): it has answers, no scores."""
+
+
 @dataclass
 class RunData:
     """One run's rows of the `results` view (plain dicts, in query order) and its settings."""
@@ -73,6 +71,11 @@ class RunData:
     graded_turn: str
     created_at: float
     enqueued_with: dict
+
+    @property
+    def graded(self) -> bool:
+        """False for an answer-only style: its results rows show answers and carry no scores."""
+        return any(t.get("graded") for t in self.style.get("turns", []))
 
     @property
     def samples(self) -> int:
@@ -134,6 +137,16 @@ def _require_finished(data: RunData) -> None:
         raise NothingToReport(
             f"run {data.run!r} has nothing finished yet ({counts['pending']} queries pending): "
             f"run `egoqa work`, and watch it with `egoqa status --run {data.run}`"
+        )
+
+
+def require_scorable(data: RunData) -> None:
+    """Something finished, and a graded turn to score it by."""
+    _require_finished(data)
+    if not data.graded:
+        raise UngradedRun(
+            f"run {data.run!r} is ungraded (its style grades no turn): it has answers, no "
+            f"scores or segments; `egoqa report --run {data.run}` lists the answers"
         )
 
 
@@ -246,7 +259,10 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
     """Runs side by side: counts and metrics of each over its own queries."""
     out = []
     for run in runs:
-        s = summary(load_run(db, run))
+        data = load_run(db, run)
+        if not data.graded:
+            require_scorable(data)
+        s = summary(data)
         keys = ("n", "done", "failed", "pending", *METRICS, "best_of_n")
         out.append({"run": run, **{k: s[k] for k in keys}})
     return out
@@ -256,6 +272,10 @@ def build(db: Database, run: str, compare_with: Sequence[str] = ()) -> dict[str,
     """Everything `egoqa report` shows: the summary and every breakdown, as plain data."""
     data = load_run(db, run)
     _require_finished(data)
+    if not data.graded:
+        from egoqa.answers import answers_report
+
+        return answers_report(data)
     return {
         "summary": summary(data),
         "by_query_type": _breakdown(data, "query_type"),
@@ -318,6 +338,10 @@ def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]
 
 def tables(report: dict) -> list[tuple[str, list[str], list[tuple]]]:
     """(title, columns, rows) for each table of `egoqa report`, in the order shown."""
+    if "answers" in report:
+        from egoqa.answers import answer_tables
+
+        return answer_tables(report)
     run = report["summary"]["run"]
     out = [(f"run {run}", *_summary_table(report["summary"]))]
     out.append(("by query type (%)", *_metric_table(report["by_query_type"], "query_type")))
@@ -336,35 +360,6 @@ def tables(report: dict) -> list[tuple[str, list[str], list[tuple]]]:
 
 
 # --- files -------------------------------------------------------------------------------------
-
-
-def git_hash() -> str | None:
-    """HEAD of the checkout egoqa runs from, or None (an installed wheel, no git)."""
-    package = Path(__file__).resolve().parent
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    out = proc.stdout.split()
-    if proc.returncode != 0 or len(out) != 2 or Path(out[0]).resolve() != package.parent:
-        return None  # not our checkout (e.g. a virtualenv inside someone else's repository)
-    return out[1]
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions, read from package metadata without importing the packages."""
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def provenance(db: Database, data: RunData) -> dict[str, Any]:
@@ -454,7 +449,7 @@ def write(db: Database, report: dict, out_dir: Path) -> list[Path]:
     frame.to_csv(paths[1], index=False)
     from egoqa.charts import charts
 
-    return paths + charts(report, out_dir)
+    return paths + (charts(report, out_dir) if data.graded else [])
 
 
 # --- the official prediction file ----------------------------------------------------------------
@@ -468,7 +463,7 @@ def export_nlq(db: Database, run: str) -> dict:
     """The Ego4D NLQ prediction file for every query of the run (misses as [[0.0, 0.0]]),
     checked against the official format and the run's query ids before it is returned."""
     data = load_run(db, run)
-    _require_finished(data)
+    require_scorable(data)
     unscored = sum(1 for r in data.rows if outcome_of(r) == "unscored")
     if unscored:
         raise UnscoredResults(

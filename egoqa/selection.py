@@ -1,7 +1,9 @@
 """Choosing one response among a turn's n samples: rules that filter or pick, applied in order.
 
-Filters (`format:intervals`) narrow the candidates and never remove them all; pickers (`first`,
-`longest`, `consensus`) choose one. Whatever is left first after the last rule is kept.
+Filters (`format:intervals`, `format:verdicts`) narrow the candidates; when no candidate passes,
+the longest is kept, as the original pipeline did. Pickers (`first`, `longest`, `consensus`)
+choose one. Whatever is left first after the last rule is kept. Times, verdicts and confidence
+scores are read with `egoqa.grammar`, the grammar the scorer uses.
 """
 
 from __future__ import annotations
@@ -10,22 +12,25 @@ import re
 from collections.abc import Callable
 from itertools import pairwise
 
-RULES = ("first", "longest", "consensus", "format:intervals")
+from egoqa import grammar
+
+RULES = ("first", "longest", "consensus", "format:intervals", "format:verdicts")
 INTERVAL_TOLERANCE_SEC = 1.0  # a mentioned interval end may be rounded to the nearest second
 
-_TIME = r"(\d+(?::\d{1,2}){0,2}(?:\.\d+)?)"
-_UNIT = r"\s*(?:s|sec|secs|seconds?)?\s*"
-_INTERVAL = re.compile(
-    rf"\[?\s*{_TIME}{_UNIT}\]?\s*(?:-|–|—|to)\s*\[?\s*{_TIME}{_UNIT}\]?", re.IGNORECASE
-)
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 _NAME_SPLIT = re.compile(r"\s*(?::|\s[-–—]\s)\s*")
+_ARROW = re.compile(r"\s*(?:->|→|=>)\s*")
 _LABELS = {"answer", "reason", "reasoning", "verdict", "description", "note", "summary"}
 _MAX_NAME_WORDS = 8
+_NAME_EDGES = " *_#`\"'[]()"
 
 
 def select(responses: list[str], rules: list[str], context: dict | None = None) -> int:
-    """Index of the response to keep; `context` holds `timestamps` and optional `stages`."""
+    """Index of the response to keep.
+
+    `context` holds the prompted `intervals` (or the frame `timestamps` whose consecutive pairs
+    are the intervals) and, optionally, the `stages` the scenario turn listed.
+    """
     if not responses:
         raise ValueError("select() needs at least one response")
     context = context or {}
@@ -40,7 +45,8 @@ def _rule(name: str) -> Callable[[list[str], list[int], dict], list[int]]:
         "first": lambda responses, c, ctx: c[:1],
         "longest": lambda responses, c, ctx: [_longest(responses, c)],
         "consensus": lambda responses, c, ctx: [_consensus(responses, c)],
-        "format:intervals": _intervals_filter,
+        "format:intervals": _filter(_follows_intervals),
+        "format:verdicts": _filter(_follows_verdicts),
     }
     if name not in rules:
         raise ValueError(f"unknown selection rule {name!r}: use one of {', '.join(RULES)}")
@@ -71,23 +77,51 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-# --- format:intervals --------------------------------------------------------------------------
+# --- format filters ----------------------------------------------------------------------------
 
 
-def _intervals_filter(responses: list[str], candidates: list[int], context: dict) -> list[int]:
-    timestamps = [float(t) for t in context.get("timestamps") or []]
-    wanted = list(pairwise(timestamps))
-    stages = context.get("stages")
-    allowed = {_normalise(s) for s in stages} if stages else None
-    kept = [i for i in candidates if _follows_format(responses[i], wanted, allowed)]
-    return kept or candidates
+def _filter(check: Callable[[str, list[tuple[float, float]], dict], bool]):
+    def apply(responses: list[str], candidates: list[int], context: dict) -> list[int]:
+        wanted = prompted_intervals(context)
+        kept = [i for i in candidates if check(responses[i], wanted, context)]
+        return kept or [_longest(responses, candidates)]
+
+    return apply
 
 
-def _follows_format(text: str, wanted: list[tuple[float, float]], allowed: set[str] | None) -> bool:
+def prompted_intervals(context: dict) -> list[tuple[float, float]]:
+    """The intervals the prompt listed: given outright, or between consecutive frame times."""
+    if context.get("intervals"):
+        return [(float(a), float(b)) for a, b in context["intervals"]]
+    return list(pairwise(float(t) for t in context.get("timestamps") or []))
+
+
+def _follows_intervals(text: str, wanted: list[tuple[float, float]], context: dict) -> bool:
     mentioned = mentioned_intervals(text)
     if not all(_is_mentioned(interval, mentioned) for interval in wanted):
         return False
-    return allowed is None or all(_normalise(n) in allowed for n in parse_stage_names(text))
+    stages = context.get("stages")
+    if not stages:
+        return True
+    allowed = {_name_key(s) for s in stages}
+    named = parse_transition_stages(text) or parse_stage_names(text)
+    return all(_name_key(n) in allowed for n in named)
+
+
+def _follows_verdicts(text: str, wanted: list[tuple[float, float]], context: dict) -> bool:
+    """Every prompted interval has exactly one block, with one verdict (Relevant or Irrelevant)
+    and a confidence score."""
+    found = grammar.blocks(text)
+    for interval in wanted:
+        mine = [b for b in found if any(_is_mentioned(interval, [s[:2]]) for s in b.spans)]
+        if len(mine) != 1:
+            return False
+        block = mine[0]
+        if block.verdicts != 1 or block.verdict not in ("relevant", "irrelevant"):
+            return False
+        if block.confidence is None:
+            return False
+    return bool(wanted) or any(b.verdicts for b in found)
 
 
 def _is_mentioned(interval: tuple[float, float], mentioned: list[tuple[float, float]]) -> bool:
@@ -97,15 +131,8 @@ def _is_mentioned(interval: tuple[float, float], mentioned: list[tuple[float, fl
 
 
 def mentioned_intervals(text: str) -> list[tuple[float, float]]:
-    """Every `a - b` interval in the text (`12s - 30s`, `[12s] - [30s]`, `0:12 to 0:30`, ...)."""
-    return [(_seconds(a), _seconds(b)) for a, b in _INTERVAL.findall(text)]
-
-
-def _seconds(value: str) -> float:
-    total = 0.0
-    for part in value.split(":"):
-        total = total * 60 + float(part)
-    return total
+    """Every time range in the text, in the scorer's grammar (`12s - 30s`, `[40s] - [52s]`, ...)."""
+    return grammar.mentioned_ranges(text)
 
 
 # --- stage names -------------------------------------------------------------------------------
@@ -126,16 +153,42 @@ def parse_stage_names(text: str) -> list[str]:
 
 
 def _stage_name(line: str) -> str | None:
+    line = grammar.normalize(line)
+    end = grammar.leading_range_end(line)
+    if end is not None:
+        line = line[end:].lstrip(" :,-")
     line = _LIST_MARKER.sub("", line).strip()
-    match = _INTERVAL.match(line)
-    if match:
-        line = re.sub(r"^\s*[:,-]?\s*", "", line[match.end() :])
     parts = _NAME_SPLIT.split(line, maxsplit=1)
-    if len(parts) < 2 or not parts[1].strip():
+    if len(parts) < 2 or not parts[1].strip() or parts[1].lstrip().startswith(">"):
         return None
-    name = parts[0].strip(" *_#`\"'").strip()
+    name = parts[0].strip(_NAME_EDGES).strip()
     if not re.search(r"[A-Za-z]", name) or len(name.split()) > _MAX_NAME_WORDS:
         return None
-    if name.lower() in _LABELS or _INTERVAL.search(name):
+    if name.lower() in _LABELS or grammar.line_spans(name):
         return None
     return name
+
+
+def parse_transition_stages(text: str) -> list[str]:
+    """Stage names of transition lines, `30s - 90s: [Cooking] -> [Cleaning]`, in order, once each.
+
+    A line counts when it opens with a time range and names stages joined by an arrow.
+    """
+    names: list[str] = []
+    for line in grammar.normalize(text).split("\n"):
+        end = grammar.leading_range_end(line)
+        if end is None:
+            continue
+        rest = line[end:].lstrip(" :,-")
+        parts = _ARROW.split(rest)
+        if len(parts) < 2:
+            continue
+        for part in parts:
+            name = part.strip().strip(_NAME_EDGES).strip()
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.strip(_NAME_EDGES + ".,;:").lower().split())

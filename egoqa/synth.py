@@ -1,17 +1,19 @@
 """Synthetic Ego4D-NLQ-format datasets with rendered H.264 clips, for tests, demos and benchmarks.
 
 Every frame carries its index as large black/white blocks, so tests can tell exactly which
-frames a decoder or sampler returned, even after compression and downscaling.
+frames a decoder or sampler returned, even after compression and downscaling. Clips may have
+hard cuts at known times (each shot another background), for shot detection.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import os
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,7 @@ class SynthPaths:
     annotations: Path
     videos: Path
     metadata: Path
+    cuts: dict[str, tuple[float, ...]] = field(default_factory=dict)  # clip uid -> clip seconds
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -54,12 +57,14 @@ def render_clip(
     gop: int | None = None,
     codec: str = "libx264",
     seed: int = 0,
+    cuts: tuple[float, ...] = (),
 ) -> Path:
     """Render a deterministic H.264 (yuv420p) clip whose frames carry their index; return `path`.
 
     `size` is (width, height); `gop` fixes the keyframe interval (no scene-cut keyframes).
-    The file is written next to `path` and renamed into place, so a crash never leaves a
-    half-written clip behind.
+    `cuts` are hard cuts (seconds, snapped to the frame grid): the frame at each starts a shot
+    with another background. The file is written next to `path` and renamed into place, so a
+    crash never leaves a half-written clip behind.
     """
     import av
 
@@ -70,8 +75,8 @@ def render_clip(
     count = frame_count(duration_sec, fps)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
-    params = _render_params(duration_sec, fps, size, gop, codec, seed)
-    painter = _FramePainter(width, height, fps, seed)
+    params = _render_params(duration_sec, fps, size, gop, codec, seed, cuts)
+    painter = _FramePainter(width, height, fps, seed, cuts)
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             container.metadata[_RENDER_KEY] = params
@@ -104,9 +109,11 @@ def _add_video_stream(container, codec: str, fps: int, width: int, height: int, 
     return stream
 
 
-def _render_params(duration_sec, fps, size, gop, codec, seed) -> str:
+def _render_params(duration_sec, fps, size, gop, codec, seed, cuts=()) -> str:
     fields = {"duration_sec": round(float(duration_sec), 6), "fps": fps, "size": list(size)}
     fields.update(gop=gop, codec=codec, seed=seed, format="egoqa-synth-1")
+    if cuts:  # absent without cuts, so clips rendered before cuts existed stay valid
+        fields["cuts"] = [round(float(c), 6) for c in cuts]
     return json.dumps(fields, sort_keys=True)
 
 
@@ -115,8 +122,10 @@ def is_rendered(path: Path, duration_sec: float, **render_kwargs) -> bool:
     import av
 
     defaults = {"fps": 10, "size": (320, 240), "gop": None, "codec": "libx264", "seed": 0}
-    kw = {**defaults, **render_kwargs}
-    want = _render_params(duration_sec, kw["fps"], kw["size"], kw["gop"], kw["codec"], kw["seed"])
+    kw = {"cuts": (), **defaults, **render_kwargs}
+    want = _render_params(
+        duration_sec, kw["fps"], kw["size"], kw["gop"], kw["codec"], kw["seed"], kw["cuts"]
+    )
     if not Path(path).is_file():
         return False
     try:
@@ -127,16 +136,18 @@ def is_rendered(path: Path, duration_sec: float, **render_kwargs) -> bool:
 
 
 class _FramePainter:
-    """Paints frame `i`: gradient, moving disc, index band, timestamp text."""
+    """Paints frame `i`: its shot's gradient, moving disc, index band, timestamp text."""
 
-    def __init__(self, width: int, height: int, fps: int, seed: int) -> None:
+    def __init__(self, width: int, height: int, fps: int, seed: int, cuts=()) -> None:
         import numpy as np
         from PIL import ImageFont
 
         rng = random.Random(seed)
         self.width, self.height, self.fps = width, height, fps
         self.band = math.ceil(height * _ROW_FRACTION) * CODE_ROWS
-        self.background = _gradient(np, width, height, rng)
+        self.backgrounds = [_gradient(np, width, height, rng)]
+        self.backgrounds += [_shot_gradient(np, width, height, k) for k in range(1, len(cuts) + 1)]
+        self.cut_frames = sorted(round(c * fps) for c in cuts)
         self.disc_colour = tuple(rng.randrange(40, 256) for _ in range(3))
         self.phase = rng.uniform(0, 2 * math.pi)
         self.font = ImageFont.load_default(size=max(10, height // 12))
@@ -145,7 +156,8 @@ class _FramePainter:
         import numpy as np
         from PIL import Image, ImageDraw
 
-        image = Image.fromarray(self.background)
+        shot = sum(index >= frame for frame in self.cut_frames)
+        image = Image.fromarray(self.backgrounds[shot])
         draw = ImageDraw.Draw(image)
         self._draw_disc(draw, index)
         text = f"t={index / self.fps:.2f}s  #{index}"
@@ -167,9 +179,23 @@ class _FramePainter:
 def _gradient(np, width: int, height: int, rng: random.Random):
     top = np.array([rng.randrange(0, 160) for _ in range(3)], dtype=np.float32)
     bottom = np.array([rng.randrange(0, 160) for _ in range(3)], dtype=np.float32)
+    return _ramp(np, top, bottom, width, height)
+
+
+def _ramp(np, top, bottom, width: int, height: int):
     ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     column = top + (bottom - top) * ramp
     return np.broadcast_to(column, (height, width, 3)).astype(np.uint8).copy()
+
+
+def _shot_gradient(np, width: int, height: int, shot: int):
+    """Shot k's background: the hue turns by ~137 degrees a shot and the brightness alternates
+    (the first shot's random gradient is dark), so every cut changes hue and luminance a lot."""
+    value = 0.92 if shot % 2 else 0.22
+    hue = (0.13 + 0.382 * shot) % 1.0
+    top = np.array(colorsys.hsv_to_rgb(hue, 0.8, value), dtype=np.float32) * 255
+    bottom = np.array(colorsys.hsv_to_rgb(hue, 0.55, value * 0.85), dtype=np.float32) * 255
+    return _ramp(np, top, bottom, width, height)
 
 
 def _cell_bounds(height: int, width: int, bit: int) -> tuple[int, int, int, int]:
@@ -272,26 +298,32 @@ def write_synth_dataset(
     seed: int = 0,
     full_scale: bool = False,
     quirks: bool = False,
+    cuts_per_clip: int = 0,
 ) -> SynthPaths:
     """Write an Ego4D-NLQ-shaped val split with rendered videos under `root`; idempotent.
 
     Videos already rendered with the same parameters are kept, and unchanged JSON files are not
     rewritten. `quirks` adds the record problems the loader must skip (see `_add_quirks`).
+    `cuts_per_clip` gives every clip that many hard cuts at known times (`SynthPaths.cuts`,
+    also in the annotation file's metadata).
     """
     root = Path(root)
     counts = _query_counts(clips, queries_per_clip)
     rng = random.Random(seed)
     layouts = _layouts(rng, clips, duration_sec, fps)
     annotation = _annotation_file(rng, layouts, counts, duration_sec, fps, seed)
+    cuts = _clip_cuts(layouts, cuts_per_clip, duration_sec, fps, seed)
+    if cuts:
+        annotation["metadata"]["cuts"] = {uid: list(times) for uid, times in cuts.items()}
     videos_meta = [_video_metadata(layout, fps, size) for layout in layouts]
     if quirks:
         missing = _layouts(rng, 1, duration_sec, fps)[0]
         _add_quirks(rng, annotation, missing, duration_sec, fps)
         videos_meta.append(_video_metadata(missing, fps, size))
     paths = SynthPaths(
-        root, root / "annotations" / "nlq_val.json", root / "videos", root / "ego4d.json"
+        root, root / "annotations" / "nlq_val.json", root / "videos", root / "ego4d.json", cuts
     )
-    _render_videos(paths.videos, layouts, duration_sec, fps, size, seed, full_scale)
+    _render_videos(paths.videos, layouts, duration_sec, fps, size, seed, full_scale, cuts)
     _write_json(paths.annotations, annotation)
     _write_json(
         paths.metadata, {"version": "v2", "description": "egoqa synthetic", "videos": videos_meta}
@@ -418,17 +450,35 @@ def _video_metadata(layout: _Layout, fps: int, size: tuple[int, int]) -> dict:
     }
 
 
-def _render_videos(videos: Path, layouts, duration_sec, fps, size, seed, full_scale) -> None:
+def _clip_cuts(layouts, per_clip: int, duration_sec: float, fps: int, seed: int) -> dict:
+    """`per_clip` cut times per clip (clip seconds on the frame grid), spread with some jitter;
+    drawn from their own generator so the rest of the dataset does not change with them."""
+    if per_clip <= 0:
+        return {}
+    rng, step = random.Random(f"egoqa-cuts-{seed}"), duration_sec / (per_clip + 1)
+    out = {}
+    for uid in (u for layout in layouts for u in layout.clip_uids):
+        times = [(k + 1 + rng.uniform(-0.25, 0.25)) * step for k in range(per_clip)]
+        out[uid] = tuple(round(t * fps) / fps for t in times)
+    return out
+
+
+def _render_videos(videos: Path, layouts, duration_sec, fps, size, seed, full_scale, cuts) -> None:
     jobs = []
     for number, layout in enumerate(layouts):
         if full_scale:
-            jobs.append((layout.video_uid, layout.duration_sec, seed * 1000 + number))
+            starts = zip(layout.clip_uids, layout.starts, strict=True)
+            video_cuts = [start + c for uid, start in starts for c in cuts.get(uid, ())]
+            jobs.append((layout.video_uid, layout.duration_sec, seed * 1000 + number, video_cuts))
         else:
             for k, clip_uid in enumerate(layout.clip_uids):
-                jobs.append((clip_uid, duration_sec, seed * 1000 + 2 * number + k))
-    for name, length, clip_seed in jobs:
+                clip_seed = seed * 1000 + 2 * number + k
+                jobs.append((clip_uid, duration_sec, clip_seed, cuts.get(clip_uid, ())))
+    for name, length, clip_seed, clip_cuts in jobs:
         path = videos / f"{name}.mp4"
         params = {"fps": fps, "size": tuple(size), "seed": clip_seed}
+        if clip_cuts:
+            params["cuts"] = tuple(clip_cuts)
         if not is_rendered(path, length, **params):
             render_clip(path, length, **params)
 

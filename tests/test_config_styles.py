@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from egoqa.config import allowed_keys, load_config, preset_names
 from egoqa.errors import ConfigError, StyleError
-from egoqa.prompts import load_style, parse_style, render, style_names
+from egoqa.prompts import load_style, parse_style, render, render_template, style_names
 
 
 def test_every_preset_loads_and_names_a_known_style():
@@ -135,7 +135,51 @@ template = "{look}\\nQ: {query}"
     [
         ([{"name": "a", "template": "{query}", "graded": True}], "template uses ['query']"),
         ([{"name": "a", "template": "x", "reads": ["b"], "graded": True}], "not an earlier turn"),
-        ([{"name": "a", "template": "x"}], "exactly one turn"),
+        (
+            [{"name": n, "template": "x", "graded": True} for n in ("a", "b")],
+            "at most one turn may have graded",
+        ),
+        ([{"name": "a", "template": "x", "sampler": {"frame": 3}}], "unknown sampler key"),
+        (
+            [{"name": "a", "template": "x", "media": "frames", "repeat_until": {"window_sec": 20}}],
+            "exactly window_sec and max_depth",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "template": "x",
+                    "media": "frames",
+                    "repeat_until": {"window_sec": 0, "max_depth": 3},
+                }
+            ],
+            "window_sec must be a number of seconds above 0",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "template": "x",
+                    "media": "frames",
+                    "repeat_until": {"window_sec": 20, "max_depth": 99},
+                }
+            ],
+            "max_depth must be a whole number from 1 to 32",
+        ),
+        (
+            [{"name": "a", "template": "x", "repeat_until": {"window_sec": 20, "max_depth": 3}}],
+            "repeat_until needs media = 'frames'",
+        ),
+        ([{"name": "a", "template": "x", "media": "frames", "zoom": "oracle"}], "zoom only goes"),
+        (
+            [{"name": "a", "template": "x", "media": "frames", "zoom": "guess"}],
+            "zoom must be one of",
+        ),
+        ([{"name": "a", "template": "x", "media": "frames", "window_from": "b"}], "not an earlier"),
+        (
+            [{"name": "a", "template": "x"}, {"name": "b", "template": "x", "window_from": "a"}],
+            "window_from needs media = 'frames'",
+        ),
         (
             [{"name": "a", "template": "x", "media": "audio", "graded": True}],
             "media must be one of",
@@ -169,3 +213,88 @@ def test_rendering_fills_timestamps_intervals_and_parents():
     )
     assert "Cooking: stages" in text and "1.5s, 4.5s, 7.5s" in text
     assert "1.5s - 4.5s\n4.5s - 7.5s" in text
+
+
+def test_an_answer_only_style_grades_nothing_and_shows_its_last_turn():
+    style = load_style("answer_only")
+    assert style.graded is None and style.result_turn.name == "answer"
+    assert load_style("baseline").result_turn.name == "answer"
+
+
+def test_coarse_cot_verdicts_draw_five_samples_over_pre_filled_intervals():
+    verdicts = load_style("coarse_cot").turn("verdicts")
+    assert (verdicts.samples, verdicts.select) == (5, ("format:verdicts", "first"))
+    parents = {"transitions": "0s - 8s: [A] -> [B]"}
+    text = render(
+        verdicts, query="Where?", timestamps=[0.0, 8.0, 16.0], duration=16.0, parents=parents
+    )
+    assert "1. 0s - 8s:\n2. 8s - 16s:\n" in text
+    assert "Every interval gets exactly one verdict, Relevant or Irrelevant" in text
+
+
+def test_the_recursive_style_declares_its_zoom_as_data():
+    style = load_style("coarse_cot_shots")
+    locate, answer, reference = style.turns
+    assert locate.repeat_until == {"window_sec": 20.0, "max_depth": 6}
+    assert (locate.zoom, locate.samples, locate.graded) == ("model", 5, True)
+    assert (answer.window_from, answer.media, answer.sampler["kind"]) == (
+        "locate",
+        "frames",
+        "dense",
+    )
+    assert reference.media == "ground_truth"
+    assert style.per_clip() == {"locate": False, "answer": False, "reference": False}
+    cfg = load_config("coarse_cot_shots")
+    assert (cfg.style, cfg.sampler.kind, cfg.sampler.stamp, "72B" in cfg.model) == (
+        "coarse_cot_shots",
+        "shots",
+        True,
+        True,
+    )
+
+
+def test_a_ground_truth_turn_is_per_query_even_without_reading_the_query():
+    style = parse_style(
+        {
+            "turns": [
+                {"name": "look", "media": "frames", "template": "x", "graded": True},
+                {"name": "ref", "media": "ground_truth", "template": "{timestamps}"},
+            ]
+        }
+    )
+    assert style.per_clip() == {"look": True, "ref": False}
+
+
+def test_answer_7b_answers_with_7b_dense_frames_inside_the_chosen_segments():
+    cfg = load_config("answer_7b")
+    style = load_style(cfg.style).with_overrides(cfg.turns)
+    answer = style.turn("answer")
+    assert "72B" in cfg.model and "7B" in answer.model and "72B" not in answer.model
+    assert answer.sampler == {"kind": "dense", "fps": 1.0, "max_edge": 224}
+    assert style.turn("verdicts").model is None  # the grounding turns keep the run's model
+
+
+def test_turn_overrides_by_set_and_unknown_turns_are_refused():
+    cfg = load_config("coarse_cot", ["turns.answer.model=m7", "turns.answer.sampler.fps=2.0"])
+    answer = load_style("coarse_cot").with_overrides(cfg.turns).turn("answer")
+    assert (answer.model, answer.sampler) == ("m7", {"fps": 2.0})
+    with pytest.raises(ConfigError, match="sampler.fps"):
+        load_config("coarse_cot", ["turns.answer.sampler.fps=-1"])
+    with pytest.raises(StyleError, match="its turns: scenario, transitions, verdicts, answer"):
+        load_style("coarse_cot").with_overrides(
+            load_config("coarse_cot", ["turns.anwser.model=x"]).turns
+        )
+
+
+def test_shots_render_each_keyframe_as_its_shots_range():
+    turn = load_style("coarse_cot_shots").turn("locate")
+    text = render_template(
+        turn.template,
+        query="Where?",
+        timestamps=[3.0, 9.5, 9.5, 9.5],
+        duration=13.0,
+        parents={},
+        ranges=[(0.0, 6.0), (6.0, 13.0)],
+    )
+    assert "2 frames" in text and "time range: 0s - 6s, 6s - 13s." in text
+    assert "1. 0s - 6s:\n2. 6s - 13s:\n" in text

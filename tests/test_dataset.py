@@ -133,7 +133,11 @@ def test_v2_usable_queries_are_cleaned_and_keep_clip_time(v2, tmp_path):
     )
     prefixed = v2.queries[1]
     assert prefixed.text == "What color is the cup ?"
-    assert prefixed.extra == {"slot_x": "cup", "verb_x": "hold"}
+    assert prefixed.extra == {
+        "slot_x": "cup",
+        "verb_x": "hold",
+        "query_raw": "Query Text:What  color is the\tcup ?",  # as written, for --scoring original
+    }
     assert (prefixed.gt_start, prefixed.gt_end) == (20.0, 24.0)
     assert v2.version == "v2"
 
@@ -238,7 +242,11 @@ def test_test_unannotated_queries_have_no_ground_truth(tmp_path):
     data = load_nlq(path, _videos(tmp_path, "t-clip"))
     assert data.queries == [
         Query("t-clip", "t-ann", 0, "Where is the pan?", None, None, None, {}),
-        Query("t-clip", "t-ann", 2, "How many cups did I wash?", None, None, None, {}),
+        Query(
+            "t-clip",
+            *("t-ann", 2, "How many cups did I wash?", None, None, None),
+            {"query_raw": "Query Text: How many cups did I wash?"},
+        ),
     ]
     assert [(s.query_idx, s.reason) for s in data.skipped] == [(1, "no_query_text")]
 

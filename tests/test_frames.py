@@ -15,6 +15,7 @@ from egoqa.frames import (
     sample_timestamps,
     sampling_fps,
     segment_timestamps,
+    stamp_frames,
 )
 from egoqa.synth import read_frame_index, render_clip
 
@@ -30,13 +31,21 @@ def full_video(tmp_path_factory):
 # --- samplers ----------------------------------------------------------------------------------
 
 
-def test_uniform_timestamps_are_bin_centres():
-    assert sample_timestamps(SamplerConfig(frames=8), 24.0) == [1.5 + 3 * i for i in range(8)]
+def test_uniform_timestamps_include_both_ends_by_default():
+    ts = sample_timestamps(SamplerConfig(frames=8), 28.0)
+    assert ts == [4.0 * i for i in range(8)]  # the intervals between them cover the whole clip
+
+
+def test_uniform_timestamps_are_bin_centres_without_endpoints():
+    spec = SamplerConfig(frames=8, endpoints=False)
+    assert sample_timestamps(spec, 24.0) == [1.5 + 3 * i for i in range(8)]
 
 
 def test_uniform_odd_count_is_padded_with_the_last_timestamp():
-    ts = sample_timestamps(SamplerConfig(frames=5), 10.0)
+    ts = sample_timestamps(SamplerConfig(frames=5, endpoints=False), 10.0)
     assert ts == [1.0, 3.0, 5.0, 7.0, 9.0, 9.0]
+    assert sample_timestamps(SamplerConfig(frames=5), 10.0) == [0.0, 2.5, 5.0, 7.5, 10.0, 10.0]
+    assert sample_timestamps(SamplerConfig(frames=1), 10.0) == [5.0, 5.0]
 
 
 @pytest.mark.parametrize(
@@ -65,8 +74,10 @@ def test_dense_sampling_is_capped_and_thinned_evenly():
 
 
 def test_segments_share_uniform_frames_by_length():
-    ts = segment_timestamps(SamplerConfig(frames=4), [(10, 16), (0, 2)], 30.0)
+    ts = segment_timestamps(SamplerConfig(frames=4, endpoints=False), [(10, 16), (0, 2)], 30.0)
     assert ts == [1.0, 11.0, 13.0, 15.0]
+    ends = segment_timestamps(SamplerConfig(frames=5), [(10, 16), (0, 2)], 30.0)
+    assert ends == [0.0, 10.0, 12.0, 14.0, 16.0, 16.0]  # the union is 8 s: a frame every 2 s
 
 
 def test_segments_dense_sampling_stays_inside_the_segments():
@@ -75,7 +86,8 @@ def test_segments_dense_sampling_stays_inside_the_segments():
 
 
 def test_overlapping_and_out_of_range_segments_are_merged_and_clipped():
-    ts = segment_timestamps(SamplerConfig(frames=2), [(5, 12), (8, 40), (-3, -1)], 20.0)
+    spec = SamplerConfig(frames=2, endpoints=False)
+    ts = segment_timestamps(spec, [(5, 12), (8, 40), (-3, -1)], 20.0)
     assert ts == [8.75, 16.25]
 
 
@@ -86,12 +98,22 @@ def test_no_usable_segment_falls_back_to_the_whole_clip():
 
 
 def test_sampling_fps_is_frames_per_clip_second():
-    assert sampling_fps(sample_timestamps(SamplerConfig(frames=8), 24.0), 24.0) == pytest.approx(
-        1 / 3
-    )
+    centres = sample_timestamps(SamplerConfig(frames=8, endpoints=False), 24.0)
+    assert sampling_fps(centres, 24.0) == pytest.approx(1 / 3)
+    ends = sample_timestamps(SamplerConfig(frames=8), 28.0)
+    assert sampling_fps(ends, 28.0) == pytest.approx(1 / 4)
     dense = sample_timestamps(SamplerConfig(kind="dense", fps=2.0), 30.0)
     assert sampling_fps(dense, 30.0) == pytest.approx(2.0)
     assert sampling_fps([4.0, 4.0], 8.0) == pytest.approx(0.25)
+
+
+def test_shots_are_detected_not_computed_from_a_duration():
+    with pytest.raises(ConfigError, match="detected shots"):
+        sample_timestamps(SamplerConfig(kind="shots"), 10.0)
+    with pytest.raises(ConfigError, match="uniformly or densely"):
+        segment_timestamps(SamplerConfig(kind="shots"), [(1, 2)], 10.0)
+    with pytest.raises(ConfigError, match="detector"):
+        sampler_from({"kind": "shots", "detector": "histogram"})
 
 
 def test_invalid_sampler_and_duration_are_reported():
@@ -112,7 +134,7 @@ def test_frames_at_an_offset_are_the_expected_frames(full_video):
     frames = FrameDecoder().frames(full_video, offset, ts, spec.max_edge, duration)
     assert [read_frame_index(f) for f in frames.array] == [round((offset + t) * FPS) for t in ts]
     assert frames.timestamps == ts
-    assert frames.fps == pytest.approx(0.8)
+    assert frames.fps == pytest.approx(0.7)  # 8 frames from 0 s to 10 s: 7 gaps of 10/7 s
     assert frames.array.dtype == np.uint8
 
 
@@ -239,3 +261,26 @@ def test_prefetch_decodes_distinct_sets_in_parallel_and_frames_then_hit_the_cach
     with pytest.raises(VideoError) as err:  # errors surface from frames(), with their kind
         decoder.frames(missing, 0.0, ts_b, 112, 8.0)
     assert err.value.kind == "video_missing"
+
+
+def test_stamped_frames_carry_their_label_and_leave_the_originals_alone(full_video):
+    frames = FrameDecoder().frames(full_video, 0.0, [1.0, 2.0], 224, 20.0)
+    before = frames.array.copy()
+    stamped = stamp_frames(frames, ["0s - 6s", "6s - 13s"])
+    assert np.array_equal(frames.array, before)  # the decoder's cached frames are not drawn on
+    height = frames.array.shape[1]
+    corner = stamped.array[:, height - height // 6 :, : frames.array.shape[2] // 3]
+    assert (corner.max(axis=-1) > 200).any(axis=(1, 2)).all()  # white text ...
+    assert (corner.max(axis=-1) < 30).mean() > 0.3  # ... on a black box
+    assert [read_frame_index(f) for f in stamped.array] == [10, 20]  # the index band is intact
+    assert stamped.timestamps == frames.timestamps and stamped.fps == frames.fps
+
+
+def test_a_uniform_sampler_stored_before_endpoints_existed_keeps_its_bin_centres():
+    from egoqa.rendering import media_timestamps
+
+    legacy = {"kind": "uniform", "frames": 8, "fps": 1.0, "max_edge": 448, "max_frames": 768}
+    spec = {"media": {"kind": "frames", "sampler": legacy}}
+    assert media_timestamps(spec, 24.0, {}) == [1.5 + 3 * i for i in range(8)]
+    current = {"media": {"kind": "frames", "sampler": {**legacy, "endpoints": True}}}
+    assert media_timestamps(current, 28.0, {}) == [4.0 * i for i in range(8)]

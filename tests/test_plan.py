@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import pytest
@@ -177,3 +178,38 @@ def test_recompute_requeues_and_keeps_old_results_as_history(db, dataset):
     with db.read() as cur:
         assert cur.one("SELECT COUNT(*) FROM job_results") == 2 * len(won)
         assert cur.one("SELECT COUNT(*) FROM jobs WHERE response LIKE 'new %'") == len(won)
+
+
+def test_only_the_sampler_settings_that_decide_the_frames_are_in_the_key(db, dataset):
+    baseline = load_style("baseline")
+    plan(db, dataset, style=baseline, run="a")
+    before = keys_by_turn(db)["answer"]
+    # a uniform sampler reads neither fps nor the shot detector's settings
+    plan(db, dataset, "sampler.fps=2.0", "sampler.threshold=40.0", style=baseline, run="b")
+    assert keys_by_turn(db)["answer"] == before
+    plan(db, dataset, "sampler.kind=shots", style=baseline, run="c")
+    shots = keys_by_turn(db)["answer"] - before
+    # the detector and its thresholds are part of a shots job's key; the frame count is not
+    plan(db, dataset, "sampler.kind=shots", "sampler.frames=3", style=baseline, run="d")
+    assert keys_by_turn(db)["answer"] == before | shots
+    for i, setting in enumerate(("threshold=40.0", "detector=adaptive", "max_shots=5")):
+        plan(db, dataset, "sampler.kind=shots", f"sampler.{setting}", style=baseline, run=f"e{i}")
+    assert len(keys_by_turn(db)["answer"]) == 5 * len(shots) == 5 * len(dataset.queries)
+    with db.read() as cur:
+        kinds = {k for (k,) in cur.all("SELECT DISTINCT media_key FROM jobs")}
+    assert {"frames:shots:<=20shots:112px", "frames:shots:<=5shots:112px"} <= kinds
+
+
+def test_a_text_turn_listing_the_intervals_is_keyed_by_the_clips_sampling(db, dataset):
+    cot = load_style("coarse_cot")
+    plan(db, dataset, style=cot, run="a")
+    before = keys_by_turn(db)
+    plan(db, dataset, "sampler.endpoints=false", style=cot, run="b")
+    after = keys_by_turn(db)
+    assert all(after[t] - before[t] for t in ("scenario", "transitions", "verdicts", "answer"))
+    with db.read() as cur:
+        specs = [
+            json.loads(s) for (s,) in cur.all("SELECT spec FROM jobs WHERE turn_name = 'verdicts'")
+        ]
+    assert {s["media"]["kind"] for s in specs} == {"none"}
+    assert {s["media"]["sampler"]["endpoints"] for s in specs} == {True, False}

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from egoqa.selection import RULES, mentioned_intervals, parse_stage_names, select
+from egoqa.selection import (
+    RULES,
+    mentioned_intervals,
+    parse_stage_names,
+    parse_transition_stages,
+    select,
+)
 
 
 def test_first_keeps_index_zero():
@@ -60,10 +66,11 @@ def test_format_filter_checks_stage_names_when_given():
     assert select(responses, ["format:intervals"], context) == 1
 
 
-def test_format_filter_falls_back_to_all_when_none_match():
-    responses = ["no intervals", "still none but longer"]
-    assert select(responses, ["format:intervals", "longest"], FRAMES) == 1
-    assert select(responses, ["format:intervals"], FRAMES) == 0
+def test_format_filter_falls_back_to_the_longest_when_none_match():
+    responses = ["no intervals", "still none but longer", "none"]
+    assert select(responses, ["format:intervals"], FRAMES) == 1
+    assert select(responses, ["format:intervals", "first"], FRAMES) == 1
+    assert select(responses, ["format:intervals", "consensus"], FRAMES) == 1
 
 
 def test_format_filter_tolerates_rounded_and_clock_times():
@@ -86,6 +93,11 @@ def test_no_responses_is_an_error():
 def test_intervals_are_found_in_the_formats_models_write():
     text = "12s - 30s, [40s] - [52.5s], 0:01:00–0:01:10 and from 5 to 9 seconds"
     assert mentioned_intervals(text) == [(12, 30), (40, 52.5), (60, 70), (5, 9)]
+    assert mentioned_intervals("Start: 45s\nEnd: 60s\n(70s, 80s) [90.0, 99.5]") == [
+        (45, 60),
+        (70, 80),
+        (90, 99.5),
+    ]
 
 
 def test_stage_names_are_parsed_from_both_line_styles():
@@ -100,3 +112,55 @@ def test_stage_names_are_parsed_from_both_line_styles():
         "Preparing food: again\n"
     )
     assert parse_stage_names(text) == ["Preparing food", "Washing up", "Eating", "Leaving"]
+
+
+SCENARIO = """Cooking dinner.
+1. Preparation: washing and cutting vegetables
+2. Cooking - the pan on the stove
+3. **Cleaning**: washing up
+"""
+
+
+def test_transition_lines_name_their_stages():
+    text = "0s - 30s: [Preparation] -> [Cooking]\n30s - 90s: Cooking -> Cleaning\nNote: none"
+    assert parse_transition_stages(text) == ["Preparation", "Cooking", "Cleaning"]
+    assert parse_transition_stages("30s - 90s: A -> B") == ["A", "B"]
+    assert parse_stage_names("30s - 90s: A -> B") == []  # a transition is no stage label
+
+
+def test_transitions_filter_drops_a_response_naming_a_stage_the_scenario_did_not_list():
+    context = {"timestamps": [0.0, 30.0, 90.0], "stages": parse_stage_names(SCENARIO)}
+    invented = "0s - 30s: [Preparation] -> [Eating]\n30s - 90s: [Eating] -> [Cleaning]"
+    listed = "0s - 30s: [Preparation] -> [Cooking]\n30s - 90s: [cooking] -> [Cleaning]"
+    assert select([invented, listed], ["format:intervals", "first"], context) == 1
+    # without the scenario's stages only the intervals are checked: both pass, the first stays
+    no_stages = {"timestamps": context["timestamps"]}
+    assert select([invented, listed], ["format:intervals", "first"], no_stages) == 0
+
+
+def test_transitions_filter_falls_back_to_the_longest_when_every_sample_invents_stages():
+    context = {"timestamps": [0.0, 30.0, 90.0], "stages": ["Preparation", "Cooking"]}
+    short = "0s - 30s: [A] -> [B]\n30s - 90s: [B] -> [C]"
+    longer = "0s - 30s: [Alpha] -> [Beta]\n30s - 90s: [Beta] -> [Gamma]"
+    assert select([short, longer, short], ["format:intervals", "consensus"], context) == 1
+
+
+VERDICTS_OK = """1. 0s - 6s:
+Confidence Score: 3
+Verdict: Irrelevant
+2. 6s - 13s:
+Confidence Score: 8
+Verdict: Relevant"""
+
+
+def test_verdicts_filter_wants_one_scored_verdict_for_every_prompted_interval():
+    context = {"intervals": [(0.0, 6.0), (6.0, 13.0)]}
+    missing_one = VERDICTS_OK.split("2.")[0]
+    unscored = VERDICTS_OK.replace("Confidence Score: 8\n", "")
+    twice = VERDICTS_OK + "\nVerdict: Irrelevant"
+    for bad in (missing_one, unscored, twice):
+        assert (
+            select([bad + " padding to be the longest", VERDICTS_OK], ["format:verdicts"], context)
+            == 1
+        )
+    assert select([VERDICTS_OK, VERDICTS_OK + " "], ["format:verdicts", "first"], context) == 0

@@ -17,7 +17,9 @@ from fixtures_model import clip_24s, clip_frames, frames_of, tiny_backend  # noq
 pytestmark = pytest.mark.model
 
 GREEDY = GenerationConfig(max_new_tokens=12, do_sample=False)
-UNIFORM = SamplerConfig(frames=8, max_edge=224)  # 320x240 -> 224x168: 8 x 6 merged patches
+UNIFORM = SamplerConfig(
+    frames=8, max_edge=224, endpoints=False
+)  # 320x240 -> 224x168: 8 x 6 merged patches
 DENSE = SamplerConfig(kind="dense", fps=1.0, max_edge=224)
 
 

@@ -217,3 +217,20 @@ class SqlReader(Base):
     role: Mapped[str] = mapped_column(String(63), primary_key=True)
     password: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ShotDetection(Base):
+    """Cuts found in a window of a video file (file seconds), per detector and thresholds."""
+
+    __tablename__ = "shot_detections"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    video: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(Text)
+    start_sec: Mapped[float] = mapped_column(Float)
+    end_sec: Mapped[float] = mapped_column(Float)
+    cuts: Mapped[str] = mapped_column(Text)
+    frames: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[float] = mapped_column(Float)
+    library: Mapped[str] = mapped_column(String(64))
+    elapsed_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)

@@ -3,6 +3,7 @@ clock, so it compares with the job's `finished_at` whatever node scored it)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from egoqa.store.db import Database, chunks, in_list
@@ -31,6 +32,11 @@ def graded_rows(
     """(item id, state, response, responses, gt start, gt end, clip duration) of run items:
     those graded by these jobs, of a run, or all."""
     where, params = ["1 = 1"], {}
+    ungraded = ungraded_runs(db)
+    if ungraded:  # an answer-only run's items show answers and are never scored
+        frag, names = in_list("u", ungraded)
+        where.append(f"ri.run_id NOT IN {frag}")
+        params.update(names)
     if run is not None:
         where.append("ri.run_id = (SELECT id FROM runs WHERE name = :run)")
         params["run"] = run
@@ -45,6 +51,17 @@ def graded_rows(
             clause = " AND ".join([*where, f"ri.graded_job_id IN {frag}"])
             rows += cur.all(SELECT + " WHERE " + clause, {**params, **ids})
         return rows
+
+
+def ungraded_runs(db: Database) -> list[int]:
+    """Runs whose style grades no turn (the style is stored with the run as JSON)."""
+    with db.read() as cur:
+        rows = cur.all("SELECT id, style FROM runs")
+    return [
+        run_id
+        for run_id, style in rows
+        if not any(t.get("graded") for t in json.loads(style).get("turns", []))
+    ]
 
 
 def write_scores(db: Database, updates: list[dict]) -> None:
