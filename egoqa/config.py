@@ -7,6 +7,7 @@ Sources, later wins: a named preset shipped in `egoqa/presets/` or any TOML file
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import tomllib
@@ -83,6 +84,27 @@ def allowed_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[s
     return keys
 
 
+def near_keys(key: str) -> str:
+    """What to offer for an unknown key: the allowed keys that look like it, or else the keys of
+    its section (or the top-level names), never all of them."""
+    keys = allowed_keys()
+    section, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
+    close = [k for k in keys if leaf and k.rpartition(".")[2] == leaf]  # frames: sampler.frames
+    close = close or [k for n, k in siblings.items() if leaf and n.startswith(leaf)]
+    close = close or [
+        siblings[n] for n in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)
+    ]
+    if not close:  # the section misspelt (samplr.frames) or joined on (batch_size)
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.8 if siblings else 0.6)
+    if close:
+        return "did you mean " + " or ".join(close[:3]) + "?"
+    if section and siblings:
+        return f"{section} has: {', '.join(siblings.values())}"
+    top = dict.fromkeys(k.split(".")[0] for k in keys)
+    return f"keys are: {', '.join(top)} (sampler, generation and batch have their own keys)"
+
+
 def preset_names() -> list[str]:
     return tomlfiles.shipped("presets")
 
@@ -105,7 +127,7 @@ def apply_override(data: dict, assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set sampler.frames=16")
     if key not in allowed_keys():
-        raise ConfigError(f"--set: unknown key {key!r}; allowed: {', '.join(allowed_keys())}")
+        raise ConfigError(f"--set: unknown key {key!r}; {near_keys(key)}")
     *parents, leaf = key.split(".")
     node = data
     for p in parents:
@@ -118,12 +140,10 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
         if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key {key!r}")
+            problems.append(f"unknown key {key!r} ({near_keys(key)})")
         else:
             problems.append(f"{key}: {err['msg']}")
-    return ConfigError(
-        f"{origin}: {'; '.join(problems)} (allowed keys: {', '.join(allowed_keys())})"
-    )
+    return ConfigError(f"{origin}: {'; '.join(problems)}")
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -55,3 +55,7 @@ class ModelLoadError(EgoqaError):
 
 class OutOfMemory(EgoqaError):
     """A batch did not fit in device (or host) memory; the worker splits it and retries."""
+
+
+class OutputError(EgoqaError):
+    """A file or folder egoqa was asked to write (report --out, export -o) cannot be written."""
