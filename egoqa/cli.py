@@ -202,14 +202,18 @@ def sql(
     statement: Annotated[
         str, typer.Argument(help='One SQL statement, e.g. "SELECT * FROM progress".')
     ],
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.001, help="Cancel the statement after this many seconds."),
+    ] = None,
     as_json: JsonOpt = False,
     as_csv: CsvOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Run a read-only SQL query (the database refuses writes)."""
+    """Run a read-only SQL query (the database refuses writes); Ctrl-C cancels it."""
     from egoqa import status as st
 
-    t = st.read_only_sql(open_database(readonly=True), statement)
+    t = st.read_only_sql(open_database(readonly=True), statement, timeout)
     emit_table(None, t.columns, t.rows, as_json=as_json, as_csv=as_csv)
 
 
