@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 import threading
@@ -337,14 +336,11 @@ def _work_single(
     # A supervised worker leaves the display to its supervisor, which shows all of them.
     view = None if supervised else ProgressView(db, name, rich_console(stderr=True))
     stats = _run_with_progress(worker, view)
-    line = (
+    typer.echo(
         f"worker: {stats.done} done, {stats.failed} failed, {stats.lost} lost lease, "
-        f"{stats.batches} batches, {stats.oom_splits} OOM splits"
+        f"{stats.batches} batches, {stats.oom_splits} OOM splits",
+        err=True,
     )
-    if supervised:  # the supervisor prints the summary of all; this one is a detail
-        logging.getLogger("egoqa.worker").info(line)
-    else:
-        typer.echo(line, err=True)
 
 
 def _run_with_progress(worker, view):

@@ -168,20 +168,21 @@ def _video_durations(metadata: Path) -> dict[str, float]:
     return durations
 
 
-def _video_names(videos: Path) -> dict[str, str | None]:
-    """Entries of the videos folder, listed once instead of one stat per clip: name -> None for
-    a file, or what is wrong with it (a folder, a broken link or a link loop)."""
+def _video_names(videos: Path) -> dict[str, os.DirEntry]:
+    """Entries of the videos folder by name, listed once instead of one stat per clip."""
     if not videos.is_dir():
         raise DatasetError(
             f"videos folder {videos} does not exist; pass the folder holding <clip_uid>.mp4 "
             "(Ego4D v2/clips) or <video_uid>.mp4 (v2/full_scale) files"
         )
     with os.scandir(videos) as entries:
-        return {entry.name: _entry_problem(entry) for entry in entries}
+        return {entry.name: entry for entry in entries}
 
 
 def _entry_problem(entry: os.DirEntry) -> str | None:
-    # A plain file is known from the listing alone; only links and odd entries cost a stat.
+    """None for a video file, or what is wrong with the entry (a folder, a broken link or a
+    link loop). A plain file is known from the listing; only links cost a stat, and only the
+    entries a clip uses are looked at."""
     try:
         if entry.is_file():
             return None
@@ -223,7 +224,7 @@ def load_nlq(
 @dataclass
 class _Loader:
     videos: Path
-    names: dict[str, str | None]
+    names: dict[str, os.DirEntry]
     durations: dict[str, float]
     limit: int | None
     unannotated_file: bool = False
@@ -320,7 +321,7 @@ class _Loader:
         raise _Skip("missing_video", f"neither {clip_uid}.mp4{full} is in {self.videos}")
 
     def usable(self, name: str) -> Path:
-        problem = self.names[name]
+        problem = _entry_problem(self.names[name])
         if problem is not None:
             detail = f"{self.videos / name} {problem}"
             raise _Skip("bad_video", f"{detail}: replace it with the video file")

@@ -56,10 +56,10 @@ def check_file_target(path: Path, option: str) -> None:
 def write_text(path: Path, text: str, option: str) -> None:
     """Write `text` to `path`: through a temporary file renamed into place where `path` is (or
     will be) a regular file, so a failed write leaves any earlier file as it was; directly to
-    anything else (a pipe, /dev/stdout, /dev/full)."""
+    anything else (a symlink, a pipe, /dev/stdout, /dev/full)."""
     check_file_target(path, option)
     try:
-        if path.exists() and not path.is_file():
+        if path.is_symlink() or (path.exists() and not path.is_file()):
             with path.open("w", encoding="utf-8") as handle:
                 handle.write(text)
             return
