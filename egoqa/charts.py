@@ -60,9 +60,12 @@ def _chart(path: Path, title: str, labels: list[str], series: dict, horizontal: 
 
 
 def charts(report: dict, out_dir: Path) -> list[Path]:
-    """Accuracy by query type and by template, with n per bar; runs side by side if compared."""
+    """Accuracy by query type and by template, with n per bar; runs side by side if compared.
+    None for a run without ground truth: it has no accuracy to draw."""
     import textwrap
 
+    if not report["summary"]["ground_truth"]:
+        return []
     run, paths = report["summary"]["run"], []
     for key in ("query_type", "template"):
         records = report["by_" + key]

@@ -7,47 +7,51 @@ Heavy modules (torch, transformers, decord) are imported by `work` and `dev` alo
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import json
-import logging
 import os
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from egoqa import __version__
-from egoqa.errors import EgoqaError
+from egoqa.cli_common import (
+    STATE,
+    CsvOpt,
+    JsonOpt,
+    PlainFlagsGroup,
+    RunOpt,
+    VerboseOpt,
+    configure_logging,
+    emit_table,
+    open_database,
+    rich_console,
+)
+from egoqa.errors import ConfigError, EgoqaError
 
 app = typer.Typer(
+    cls=PlainFlagsGroup,
     help="Multi-turn prompting of Qwen2.5-VL over Ego4D NLQ, as a resumable job system.",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
     add_completion=False,
 )
-db_app = typer.Typer(help="Create, upgrade and inspect the database schema.", no_args_is_help=True)
+db_app = typer.Typer(
+    cls=PlainFlagsGroup,
+    help="Create, upgrade and inspect the database schema.",
+    no_args_is_help=True,
+)
 dev_app = typer.Typer(
+    cls=PlainFlagsGroup,
     help="Build the offline inputs: a tiny Qwen2.5-VL and a synthetic dataset.",
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
-
-
-class State:
-    db: str | None = None
-    verbose: int = 0
-
-
-STATE = State()
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
-RunOpt = Annotated[str | None, typer.Option("--run", help="Only this run.")]
 
 
 def _version(value: bool) -> None:
@@ -64,7 +68,13 @@ def root(
     ] = None,
     verbose: Annotated[
         int,
-        typer.Option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug)."),
+        typer.Option(
+            "-v",
+            "--verbose",
+            count=True,
+            show_default=False,
+            help="More logging on stderr (-vv for debug).",
+        ),
     ] = 0,
     version: Annotated[
         bool,
@@ -74,55 +84,8 @@ def root(
     ] = False,
 ) -> None:
     """Plan with `enqueue`, run with `work`, watch with `status`, read with `report` and `sql`."""
-    STATE.db, STATE.verbose = db, verbose
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("egoqa").setLevel(min(level, logging.INFO))
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, soft_wrap=False)
-
-
-def emit_table(
-    title: str | None,
-    columns: list[str],
-    rows: list,
-    *,
-    as_json: bool = False,
-    as_csv: bool = False,
-) -> None:
-    """The one place tables become output: rich on a terminal, or JSON / CSV."""
-    if as_json:
-        typer.echo(
-            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2, default=str)
-        )
-        return
-    if as_csv:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(columns)
-        w.writerows(rows)
-        typer.echo(buf.getvalue(), nl=False)
-        return
-    from rich.table import Table
-
-    t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(str(c))
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
-    _console().print(t)
-
-
-def open_database(create: bool = False, readonly: bool = False):
-    from egoqa.store.db import open_db
-
-    return open_db(STATE.db, create=create, readonly=readonly)
+    STATE.db = db
+    configure_logging(verbose)
 
 
 # --- enqueue ---------------------------------------------------------------------------------
@@ -144,7 +107,7 @@ def enqueue(
         typer.Option(
             "--config",
             "-c",
-            help="Preset name (baseline, coarse, dense, coarse_cot, answer_7b, coarse_cot_shots, demo) or TOML file.",
+            help="Preset name (baseline, coarse, dense, coarse_cot, demo) or TOML file.",
         ),
     ],
     metadata: Annotated[
@@ -167,16 +130,19 @@ def enqueue(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Plan a run: read the annotations, write clips, queries and jobs. Idempotent."""
     from egoqa.config import load_config
-    from egoqa.dataset import load_nlq
+    from egoqa.dataset import load_nlq, require_queries
     from egoqa.plan import enqueue_run
     from egoqa.prompts import load_style
 
     cfg = load_config(config, set_ or ())
     style = load_style(cfg.style)
     dataset = load_nlq(annotations, videos, metadata, limit=limit)
+    _show_skipped(dataset.skipped)
+    require_queries(dataset, annotations, videos)  # before a database (or a run) is made
     db = open_database(create=True)
     name = run or Path(config).stem
     report = enqueue_run(
@@ -193,18 +159,30 @@ def enqueue(
         f"jobs: {report.jobs_total} planned, {report.jobs_new} new, {report.jobs_reused} reused"
         f"{f', {report.recomputed} re-queued' if recompute else ''} — per turn: {turns}"
     )
-    for s in dataset.skipped[:5]:
-        typer.echo(f"  skipped {s.reason}: {s.detail}", err=True)
-    if len(dataset.skipped) > 5:
-        typer.echo(f"  ... and {len(dataset.skipped) - 5} more skipped records", err=True)
+    if report.replanned:
+        typer.echo(f"re-planned run {report.run}: {report.replanned}", err=True)
+    if report.repointed:
+        typer.echo(
+            f"{report.repointed} queries now point at new jobs (their inputs or the plan "
+            "changed); their earlier answers stay as history",
+            err=True,
+        )
+
+
+def _show_skipped(skipped: list, shown: int = 5) -> None:
+    """The first few skipped records, each named so it can be found in the file."""
+    for s in skipped[:shown]:
+        typer.echo(f"  skipped {s.reason} ({s.where()}): {s.detail}", err=True)
+    if len(skipped) > shown:
+        typer.echo(f"  ... and {len(skipped) - shown} more skipped records", err=True)
 
 
 # --- status / runs / sql / retry -------------------------------------------------------------
 
 
 @app.command()
-def status(run: RunOpt = None, as_json: JsonOpt = False) -> None:
-    """Jobs by run × turn × state."""
+def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0) -> None:
+    """Jobs by run × turn × state, engines, and the leases workers hold now."""
     from egoqa.store import read as st
     from egoqa.store import workers as registry
 
@@ -227,7 +205,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def runs(as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
+def runs(as_json: JsonOpt = False, as_csv: CsvOpt = False, verbose: VerboseOpt = 0) -> None:
     """The runs in this database."""
     from egoqa.store import read as st
 
@@ -240,20 +218,25 @@ def sql(
     statement: Annotated[
         str, typer.Argument(help='One SQL statement, e.g. "SELECT * FROM progress".')
     ],
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.001, help="Cancel the statement after this many seconds."),
+    ] = None,
     as_json: JsonOpt = False,
     as_csv: CsvOpt = False,
+    verbose: VerboseOpt = 0,
 ) -> None:
-    """Run a read-only SQL query (the database refuses writes)."""
+    """Run a read-only SQL query (the database refuses writes); Ctrl-C cancels it."""
     from egoqa.store import read as st
     from egoqa.store.sqlrole import open_sql_db
 
-    t = st.read_only_sql(open_sql_db(open_database(readonly=True)), statement)
+    t = st.read_only_sql(open_sql_db(open_database(readonly=True)), statement, timeout)
     emit_table(None, t.columns, t.rows, as_json=as_json, as_csv=as_csv)
 
 
 @app.command()
-def retry(run: RunOpt = None) -> None:
-    """Re-queue failed jobs (and the dependents they failed)."""
+def retry(run: RunOpt = None, verbose: VerboseOpt = 0) -> None:
+    """Re-queue failed jobs (and the dependents they failed); release dead workers' jobs."""
     from egoqa.store import graph
     from egoqa.store import read as st
 
@@ -277,7 +260,7 @@ def work(
             "--gpus-per-worker", min=1, help="GPUs per worker (device_map=auto across them)."
         ),
     ] = 1,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[
         int,
         typer.Option(
@@ -311,22 +294,51 @@ def work(
     single: Annotated[
         bool, typer.Option("--single", hidden=True, help="Run one worker in this process.")
     ] = False,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Run workers: claim batches, generate, write back. Resumable; Ctrl-C releases held jobs."""
-    if batch_size != "auto" and not batch_size.isdigit():
-        raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
+    if gpus is not None and not single:
+        _refuse_gpus_in_use(gpus)  # first: other workers on this host may hold them
+    groups = _check_work_options(gpus, gpus_per_worker, device, workers, batch_size, single)
     choice = (model, engine)
     if single or (gpus is None and workers == 1):
         _work_single(choice, batch_size, device, until_done, lease, max_batches, supervised=single)
         return
-    _work_many(
-        gpus, gpus_per_worker, device, workers, choice, batch_size, until_done, lease, max_batches
-    )
+    _work_many(groups, device, workers, choice, batch_size, until_done, lease, max_batches)
+
+
+def _check_work_options(gpus, gpus_per_worker, device, workers, batch_size, single):
+    """Refuse bad options before a database is opened or a worker started (so also when
+    nothing is pending); returns the GPU groups of --gpus, if given."""
+    from egoqa import devices
+    from egoqa import supervisor as sv
+
+    if batch_size != "auto" and (not batch_size.isdigit() or int(batch_size) < 1):
+        raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
+    index = devices.check_device(device)
+    groups = None
+    if gpus is not None:
+        if device == "cpu":
+            raise ConfigError(
+                f"--gpus {gpus} and --device cpu contradict each other: drop --gpus to run on "
+                "the CPU, or drop --device cpu"
+            )
+        groups = sv.gpu_groups(sv.parse_gpus(gpus), gpus_per_worker)
+    if single:  # started by a supervisor that checked the machine; it sees only its own GPUs
+        return groups
+    if groups is not None:
+        devices.require_gpus(f"--gpus {gpus}", 1 + max(int(g) for grp in groups for g in grp))
+    elif index is not None:
+        many = workers > 1
+        asked = f"--device {device}" + (f" --workers {workers}" if many else "")
+        devices.require_gpus(asked, workers if many else index + 1)
+    return groups
 
 
 def _work_single(
     choice, batch_size, device, until_done, lease, max_batches, supervised=False
 ) -> None:
+    from egoqa.progress import ProgressView
     from egoqa.stopping import die_with_supervisor
     from egoqa.supervisor import WORKER_CANNOT_START
     from egoqa.worker import Worker, WorkerOptions
@@ -351,7 +363,10 @@ def _work_single(
         max_batches=max_batches,
     )
     worker = Worker(db, served, backend, opts)
-    stats = worker.run()
+    # A supervised worker leaves the display to its supervisor, which shows all of them.
+    console = rich_console(stderr=True)
+    view = None if supervised else ProgressView(db, served.engine, served.model, console)
+    stats = _run_with_progress(worker, view)
     typer.echo(
         f"worker: {stats.done} done, {stats.failed} failed, {stats.lost} lost lease, "
         f"{stats.batches} batches, {stats.oom_splits} OOM splits",
@@ -361,6 +376,40 @@ def _work_single(
         worker.signals.exit_code
     ):  # stopped, not finished: 130 / 143, as shells and schedulers expect
         raise typer.Exit(worker.signals.exit_code)
+
+
+def _run_with_progress(worker, view):
+    """Run the worker here; tick the progress display from a side thread meanwhile."""
+    if view is None:
+        return worker.run()
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            try:
+                view.tick()
+            except EgoqaError:  # a busy or full database: the next tick may succeed
+                continue
+
+    ticker = threading.Thread(target=tick, name="egoqa-progress", daemon=True)
+    ticker.start()
+    try:
+        return worker.run()
+    finally:
+        stop.set()
+        ticker.join(timeout=5)
+        # A database that stopped the worker may stop the display too: its error is the one shown.
+        with contextlib.suppress(EgoqaError):
+            view.close()
+
+
+def quiet_hugging_face() -> None:
+    """No "Loading weights" / "Writing model shards" bars or advisories at default verbosity."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _start_worker(choice, device):
@@ -376,12 +425,12 @@ def _start_worker(choice, device):
         import torch
 
         torch.set_num_threads(int(threads))
+    if served.spec.get("backend") == "transformers" and STATE.verbose == 0:
+        quiet_hugging_face()
     return db, served, load_backend_for(served, device)
 
 
-def _work_many(
-    gpus, gpus_per_worker, device, workers, choice, batch_size, until_done, lease, max_batches
-) -> None:
+def _work_many(groups, device, workers, choice, batch_size, until_done, lease, max_batches) -> None:
     from egoqa import supervisor as sv
     from egoqa.progress import ProgressView
     from egoqa.worker import resolve_engine
@@ -393,10 +442,8 @@ def _work_many(
         return
     name = served.model
     _release_dead_workers(db)
-    if gpus is not None:
-        wanted = sv.parse_gpus(gpus)
-        _refuse_gpus_in_use(db, wanted)
-        slots = sv.gpu_slots(sv.gpu_groups(wanted, gpus_per_worker))
+    if groups is not None:
+        slots = sv.gpu_slots(groups)
     else:
         slots = (
             sv.cpu_slots(workers)
@@ -404,10 +451,11 @@ def _work_many(
             else sv.gpu_slots([[str(i)] for i in range(workers)])
         )
     args = ["--engine", served.engine, "--batch-size", batch_size, "--device", device]
+    args += ["-v"] * STATE.verbose
     args += ["--until-done"] if until_done else []
     args += ["--lease", str(lease)] if lease else []
     args += ["--max-batches", str(max_batches)] if max_batches else []
-    view = ProgressView(db, served.engine, name, _console(stderr=True))
+    view = ProgressView(db, served.engine, name, rich_console(stderr=True))
     supervisor = sv.Supervisor(sv.worker_command(args), slots, sv.db_env(db.url), view.tick)
     code = supervisor.run()
     c = view.close()
@@ -436,10 +484,17 @@ def _release_dead_workers(db) -> None:
         )
 
 
-def _refuse_gpus_in_use(db, wanted: list[str]) -> None:
+def _refuse_gpus_in_use(gpus: str) -> None:
+    """GPUs that live workers of an earlier `egoqa work` on this host still hold are refused."""
+    from egoqa import supervisor as sv
     from egoqa.store import workers as registry
+    from egoqa.store.db import resolve_url, sqlite_path
 
-    held = registry.gpus_in_use(db, wanted)
+    wanted = sv.parse_gpus(gpus)
+    path = sqlite_path(resolve_url(STATE.db))
+    if path is not None and not path.exists():
+        return  # no database yet: nothing can hold a GPU (and none is created here)
+    held = registry.gpus_in_use(open_database(), wanted)
     if held:
         who = ", ".join(f"GPU {g} by pid {pid}" for g, pid, _ in held)
         raise EgoqaError(
@@ -448,109 +503,26 @@ def _refuse_gpus_in_use(db, wanted: list[str]) -> None:
         )
 
 
-# --- demo and dev ----------------------------------------------------------------------------
-
-
-@dev_app.command("tiny-model")
-def dev_tiny_model(
-    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
-    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
-) -> None:
-    """Build a tiny random Qwen2.5-VL (real processor classes) with save_pretrained, offline."""
-    from egoqa.tinymodel import build_tiny_model
-
-    typer.echo(str(build_tiny_model(out, seed=seed)))
-
-
-@dev_app.command("synth-dataset")
-def dev_synth_dataset(
-    out: Annotated[
-        Path, typer.Argument(help="Directory for annotations/, videos/ and ego4d.json.")
-    ],
-    clips: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 4,
-    queries_per_clip: Annotated[int, typer.Option(min=1, help="Queries per clip.")] = 3,
-    duration: Annotated[float, typer.Option(min=2.0, help="Clip length in seconds.")] = 24.0,
-    full_scale: Annotated[
-        bool, typer.Option(help="Write full videos with clips at offsets.")
-    ] = False,
-    quirks: Annotated[bool, typer.Option(help="Add the bad records real files contain.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-) -> None:
-    """Write an Ego4D-format NLQ file and short mp4 clips with timestamps burned in."""
-    from egoqa.synth import write_synth_dataset
-
-    paths = write_synth_dataset(
-        out,
-        clips=clips,
-        queries_per_clip=queries_per_clip,
-        duration_sec=duration,
-        full_scale=full_scale,
-        quirks=quirks,
-        seed=seed,
-    )
-    typer.echo(
-        f"annotations: {paths.annotations}\nvideos: {paths.videos}\nmetadata: {paths.metadata}"
-    )
-
-
-@app.command()
-def demo(
-    directory: Annotated[
-        Path, typer.Option("--dir", help="Where the tiny model and synthetic dataset live.")
-    ] = Path("egoqa-demo"),
-    workers: Annotated[int, typer.Option("--workers", min=1, help="CPU worker processes.")] = 2,
-    config: Annotated[
-        str, typer.Option("--config", help="Config preset or TOML (model is set to the tiny one).")
-    ] = "demo",
-) -> None:
-    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work, report."""
-    from egoqa.synth import write_synth_dataset
-    from egoqa.tinymodel import build_tiny_model
-
-    t0 = time.time()
-    model_dir = build_tiny_model(directory / "tiny-qwen2.5-vl")
-    data = write_synth_dataset(directory / "dataset", clips=4, queries_per_clip=3, quirks=True)
-    typer.echo(f"tiny model: {model_dir}\nsynthetic dataset: {data.annotations}", err=True)
-    enqueue(
-        annotations=data.annotations,
-        videos=data.videos,
-        config=config,
-        metadata=data.metadata,
-        run="demo",
-        set_=[f"model={json.dumps(str(model_dir))}"],
-        limit=None,
-        recompute=False,
-        as_json=False,
-    )
-    _work_many(None, 1, "cpu", workers, (None, None), "auto", True, None, None)
-    status(run="demo", as_json=False)
-    _demo_summary()
-    typer.echo(f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo", err=True)
-
-
-def _demo_summary() -> None:
-    from egoqa.report import summary_rows
-
-    cols, rows = summary_rows(open_database(readonly=True), "demo")
-    emit_table("demo: first summary (random weights: scores are noise)", cols, rows)
+# --- db ---------------------------------------------------------------------------------------
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Create the schema or upgrade it to this egoqa's version."""
-    from egoqa.store.db import open_db, schema_state
+def db_upgrade(verbose: VerboseOpt = 0) -> None:
+    """Create the schema or upgrade it to this egoqa's version (and, on PostgreSQL, the
+    read-only role `egoqa sql` runs as)."""
+    from egoqa.store.db import open_db, schema_state, shown_url
     from egoqa.store.sqlrole import ensure_reader
 
     db = open_db(STATE.db, create=True)
     reader = ensure_reader(db)
     where = f"; egoqa sql runs as the read-only role {reader}" if reader else ""
-    typer.echo(f"{db.redacted_url}: schema at {schema_state(db.engine).current}{where}")
+    typer.echo(f"{shown_url(db.url)}: schema at {schema_state(db.engine).current}{where}")
 
 
 @db_app.command("current")
-def db_current() -> None:
+def db_current(verbose: VerboseOpt = 0) -> None:
     """Show the database's schema revision and this egoqa's."""
-    from egoqa.store.db import friendly_errors, make_engine, resolve_url, schema_state
+    from egoqa.store.db import friendly_errors, make_engine, resolve_url, schema_state, shown_url
 
     url = resolve_url(STATE.db)
     with friendly_errors(url):
@@ -561,11 +533,13 @@ def db_current() -> None:
         hint = " — newer than this egoqa: upgrade egoqa (pip install -U egoqa) to use it"
     else:
         hint = " — run `egoqa db upgrade`"
-    typer.echo(f"{url}: schema {s.current or 'none'}, egoqa head {s.head}{hint}")
+    typer.echo(f"{shown_url(url)}: schema {s.current or 'none'}, egoqa head {s.head}{hint}")
 
 
+from egoqa.cli_dev import register as _register_dev  # noqa: E402
 from egoqa.cli_report import register as _register_report  # noqa: E402
 
+_register_dev(app, dev_app)
 _register_report(app)
 
 

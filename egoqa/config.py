@@ -7,6 +7,7 @@ Sources, later wins: a named preset shipped in `egoqa/presets/` or any TOML file
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -113,7 +114,7 @@ class TurnOverride(_Frozen):
             SamplerConfig.model_validate(value)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                f"sampler.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
             )
             keys = ", ".join(SamplerConfig.model_fields)
             raise ValueError(f"{problems} (sampler keys: {keys})") from None
@@ -197,6 +198,27 @@ def _known_key(key: str) -> bool:
     return key in allowed_keys() or _TURN_KEY.fullmatch(key) is not None
 
 
+def near_keys(key: str) -> str:
+    """What to offer for an unknown key: the allowed keys that look like it, or else the keys of
+    its section (or the top-level names), never all of them."""
+    keys = allowed_keys()
+    section, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
+    close = [k for k in keys if leaf and k.rpartition(".")[2] == leaf]  # frames: sampler.frames
+    close = close or [k for n, k in siblings.items() if leaf and n.startswith(leaf)]
+    close = close or [
+        siblings[n] for n in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)
+    ]
+    if not close:  # the section misspelt (samplr.frames) or joined on (batch_size)
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.8 if siblings else 0.6)
+    if close:
+        return "did you mean " + " or ".join(close[:3]) + "?"
+    if section and siblings:
+        return f"{section} has: {', '.join(siblings.values())}"
+    top = dict.fromkeys(k.split(".")[0] for k in keys)
+    return f"keys are: {', '.join(top)} (sampler, generation and batch have their own keys)"
+
+
 def preset_names() -> list[str]:
     return tomlfiles.shipped("presets")
 
@@ -219,11 +241,10 @@ def apply_override(data: dict, assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set sampler.frames=16")
     if not _known_key(key):
-        allowed = [k for k in allowed_keys() if k != "turns"]
-        raise ConfigError(
-            f"--set: unknown key {key!r}; allowed: {', '.join(allowed)}, "
-            "turns.<turn>.model, turns.<turn>.max_new_tokens, turns.<turn>.sampler.<key>"
-        )
+        hint = near_keys(key)
+        if key.startswith("turns."):
+            hint = "a turn takes turns.<turn>.model, .max_new_tokens or .sampler.<key>"
+        raise ConfigError(f"--set: unknown key {key!r}; {hint}")
     *parents, leaf = key.split(".")
     node = data
     for p in parents:
@@ -236,12 +257,10 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
         if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key {key!r}")
+            problems.append(f"unknown key {key!r} ({near_keys(key)})")
         else:
             problems.append(f"{key}: {err['msg']}")
-    return ConfigError(
-        f"{origin}: {'; '.join(problems)} (allowed keys: {', '.join(allowed_keys())})"
-    )
+    return ConfigError(f"{origin}: {'; '.join(problems)}")
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -65,6 +65,19 @@ class Skipped:
     reason: str
     detail: str
 
+    def where(self) -> str:
+        """The record's place in the file, as far as it is known: clip, annotation, query index."""
+        parts = [
+            f"{name} {value}"
+            for name, value in (
+                ("clip", self.clip_uid),
+                ("annotation", self.annotation_uid),
+                ("query", self.query_idx),
+            )
+            if value is not None
+        ]
+        return ", ".join(parts) or "no clip_uid"
+
 
 @dataclass
 class Dataset:
@@ -155,15 +168,31 @@ def _video_durations(metadata: Path) -> dict[str, float]:
     return durations
 
 
-def _video_names(videos: Path) -> frozenset[str]:
-    """File names in the videos folder, listed once instead of one stat per clip."""
+def _video_names(videos: Path) -> dict[str, os.DirEntry]:
+    """Entries of the videos folder by name, listed once instead of one stat per clip."""
     if not videos.is_dir():
         raise DatasetError(
             f"videos folder {videos} does not exist; pass the folder holding <clip_uid>.mp4 "
             "(Ego4D v2/clips) or <video_uid>.mp4 (v2/full_scale) files"
         )
     with os.scandir(videos) as entries:
-        return frozenset(entry.name for entry in entries)
+        return {entry.name: entry for entry in entries}
+
+
+def _entry_problem(entry: os.DirEntry) -> str | None:
+    """None for a video file, or what is wrong with the entry (a folder, a broken link or a
+    link loop). A plain file is known from the listing; only links cost a stat, and only the
+    entries a clip uses are looked at."""
+    try:
+        if entry.is_file():
+            return None
+        if entry.is_dir():
+            return "is a folder, not a video file"
+        if entry.is_symlink():
+            return "is a broken symbolic link"
+        return "is not a regular file"
+    except OSError as exc:  # ELOOP: a link that points at itself, or round in a circle
+        return f"cannot be opened ({exc.strerror or exc})"
 
 
 # --- the loader ------------------------------------------------------------------------------
@@ -195,7 +224,7 @@ def load_nlq(
 @dataclass
 class _Loader:
     videos: Path
-    names: frozenset[str]
+    names: dict[str, os.DirEntry]
     durations: dict[str, float]
     limit: int | None
     unannotated_file: bool = False
@@ -276,20 +305,27 @@ class _Loader:
             raise _Skip("missing_fields", detail)
         clip_end = (video_start or 0.0) + duration
         if video_len is not None and clip_end > video_len + CLIP_TOLERANCE_SEC:
-            detail = f"clip {clip_uid} ends at {clip_end:.2f} s, after its video {video_uid}"
-            raise _Skip("bad_record", f"{detail} ends ({video_len:.2f} s in the metadata)")
+            detail = f"clip {clip_uid} ends at {seconds(clip_end)} s, after its video {video_uid}"
+            raise _Skip("bad_record", f"{detail} ends ({seconds(video_len)} s in the metadata)")
         return duration
 
     def find_video(self, clip_uid: str, video_uid, video_start) -> tuple[Path, float]:
         if f"{clip_uid}.mp4" in self.names:
-            return self.videos / f"{clip_uid}.mp4", 0.0
+            return self.usable(f"{clip_uid}.mp4"), 0.0
         if video_uid is not None and f"{video_uid}.mp4" in self.names:
             if video_start is None:
                 detail = f"clip {clip_uid} has no video_start_sec to place it in {video_uid}.mp4"
                 raise _Skip("missing_fields", f"{detail}; provide {clip_uid}.mp4")
-            return self.videos / f"{video_uid}.mp4", video_start
+            return self.usable(f"{video_uid}.mp4"), video_start
         full = f" nor {video_uid}.mp4" if video_uid else ""
         raise _Skip("missing_video", f"neither {clip_uid}.mp4{full} is in {self.videos}")
+
+    def usable(self, name: str) -> Path:
+        problem = _entry_problem(self.names[name])
+        if problem is not None:
+            detail = f"{self.videos / name} {problem}"
+            raise _Skip("bad_video", f"{detail}: replace it with the video file")
+        return self.videos / name
 
     def make_query(self, clip_uid, clip, problem, annotation_uid, query_idx, raw) -> Query:
         if not isinstance(raw, dict):
@@ -316,18 +352,57 @@ class _Loader:
     def window(self, raw: dict) -> tuple[float | None, float | None]:
         if self.unannotated:
             return None, None
-        start, end = _number(raw.get("clip_start_sec")), _number(raw.get("clip_end_sec"))
-        if start is None or end is None:
-            raise _Skip("missing_fields", "language query has no clip_start_sec/clip_end_sec")
-        return start, end
+        return _time(raw, "clip_start_sec"), _time(raw, "clip_end_sec")
+
+
+def _time(raw: dict, key: str) -> float:
+    """A time field of a language query, or a _Skip saying what is wrong with it."""
+    if key not in raw:
+        raise _Skip("missing_fields", f"language query has no {key}")
+    value = raw[key]
+    number = _number(value)
+    if number is not None:
+        return number
+    if value is None:
+        what = "null"
+    elif isinstance(value, float):  # json.load reads NaN and Infinity
+        what = "NaN" if math.isnan(value) else "infinite"
+    else:
+        what = f"{_brief(value)}, not a number"
+    raise _Skip("bad_time", f"language query's {key} is {what}")
+
+
+def seconds(value: float) -> str:
+    """A time for a message: two decimals, or three significant digits when it is huge."""
+    return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def _check_window(start: float, end: float, duration: float) -> None:
-    window = f"answer window {start:.2f} s .. {end:.2f} s"
+    window = f"answer window {seconds(start)} s .. {seconds(end)} s"
     if end < start:
         raise _Skip("inverted_window", f"{window} ends before it starts")
     if start < 0 or end > duration + WINDOW_TOLERANCE_SEC:
-        raise _Skip("window_outside_clip", f"{window} is outside the {duration:.2f} s clip")
+        raise _Skip("window_outside_clip", f"{window} is outside the {seconds(duration)} s clip")
+
+
+def require_queries(dataset: Dataset, annotations: Path, videos: Path) -> None:
+    """Refuse a dataset without a single usable query: it would make an empty run."""
+    if dataset.queries:
+        return
+    counts = dataset.skipped_counts()
+    if not counts:
+        raise DatasetError(
+            f"annotation file {annotations} holds no language queries: pass an Ego4D NLQ file "
+            "(videos -> clips -> annotations -> language_queries)"
+        )
+    skipped = ", ".join(f"{k} {v}" for k, v in counts.items())
+    if max(counts, key=counts.get) == "missing_video":
+        fix = f"check that {videos} holds the <clip_uid>.mp4 (or <video_uid>.mp4) files"
+    else:
+        fix = "fix the records named above"
+    raise DatasetError(
+        f"annotation file {annotations} gave no usable query (skipped: {skipped}): {fix}"
+    )
 
 
 # --- small helpers ---------------------------------------------------------------------------

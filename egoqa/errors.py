@@ -55,3 +55,17 @@ class ModelLoadError(EgoqaError):
 
 class OutOfMemory(EgoqaError):
     """A batch did not fit in device (or host) memory; the worker splits it and retries."""
+
+
+class OutputError(EgoqaError):
+    """A file or folder egoqa was asked to write (report --out, export -o) cannot be written."""
+
+
+class Interrupted(EgoqaError):
+    """Stopped by Ctrl-C (SIGINT) before it finished; nothing was changed."""
+
+    exit_code = 130
+
+
+class StatementTimeout(EgoqaError):
+    """A read-only statement ran past its --timeout and was cancelled."""

@@ -305,6 +305,11 @@ def _stat(path: Path) -> os.stat_result:
             f"video file {path} does not exist; check the videos directory passed to enqueue",
             kind="video_missing",
         ) from None
+    except OSError as exc:  # a symlink loop, no permission: this clip's jobs fail, not the worker
+        raise VideoError(
+            f"video file {path} cannot be opened ({exc.strerror or exc}); replace it with the video",
+            kind="video_unreadable",
+        ) from None
     if st.st_size == 0:
         raise VideoError(
             f"video file {path} is empty (0 bytes); re-download or re-extract it",

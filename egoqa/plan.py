@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from egoqa import __version__
 from egoqa.config import RunConfig, SamplerConfig, engine_id, resolve_model_ref
 from egoqa.dataset import Clip, Dataset, Query, query_type
-from egoqa.errors import ConfigError
+from egoqa.errors import ConfigError, DatasetError
 from egoqa.prompts import TIMING_FIELDS, Style, Turn
-from egoqa.store import catalog, graph, queue
+from egoqa.store import catalog, graph, queue, skips
 from egoqa.store.db import Cursor, Database
 
 _IDENTITY_BYTES = 1 << 16
@@ -32,13 +32,19 @@ _IDENTITY_BYTES = 1 << 16
 
 def video_identity(path: Path) -> str:
     """Size plus a hash of the first and last 64 KiB: cheap, and changes when the file does."""
-    size = path.stat().st_size
-    h = hashlib.sha1(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(_IDENTITY_BYTES))
-        if size > 2 * _IDENTITY_BYTES:
-            f.seek(-_IDENTITY_BYTES, 2)
-            h.update(f.read())
+    try:
+        size = path.stat().st_size
+        h = hashlib.sha1(str(size).encode())
+        with path.open("rb") as f:
+            h.update(f.read(_IDENTITY_BYTES))
+            if size > 2 * _IDENTITY_BYTES:
+                f.seek(-_IDENTITY_BYTES, 2)
+                h.update(f.read())
+    except OSError as exc:
+        raise DatasetError(
+            f"video file {path} cannot be read ({exc.strerror or exc}): check the file and its "
+            "permissions; nothing was enqueued"
+        ) from None
     return f"{size}-{h.hexdigest()[:20]}"
 
 
@@ -372,6 +378,9 @@ def enqueue_run(
         names = [t.name for t in style.turns]
         graded = style.index(style.result_turn.name)
         moved = catalog.write_items(cur, run_id, names, graded, chains)
+        if annotations is not None:
+            source = str(Path(annotations).resolve())
+            skips.record_source(cur, run_id, source, len(dataset.queries), dataset.skipped)
     recomputed = graph.recompute(db, sorted(result.ids.values())) if recompute else 0
     return PlanReport(
         run=run,

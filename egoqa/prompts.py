@@ -12,6 +12,7 @@ clip and shared by every query on it.
 
 from __future__ import annotations
 
+import difflib
 import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,12 +69,13 @@ class Turn:
     window_from: str | None = None
     zoom: str = "model"
 
+    def placeholders(self) -> set[str]:
+        """The fields its template names (templates are checked for balanced braces on load)."""
+        return {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
+
     def parents(self) -> list[str]:
         """The earlier turns this one needs: those it reads, and its segments' or window's."""
         return [*self.reads, *(t for t in (self.segments_from, self.window_from) if t)]
-
-    def placeholders(self) -> set[str]:
-        return {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,9 @@ def _parse_turn(d: Any, i: int, origin: str) -> Turn:
         raise StyleError(f"{origin}: turn {i + 1} must be a table")
     unknown = set(d) - _TURN_KEYS
     if unknown:
-        raise StyleError(
-            f"{origin}: turn {i + 1} has unknown keys {sorted(unknown)}; allowed: {sorted(_TURN_KEYS)}"
-        )
+        near = [m for k in sorted(unknown) for m in difflib.get_close_matches(k, _TURN_KEYS, 1)]
+        hint = f"did you mean {' or '.join(near)}?" if near else f"allowed: {sorted(_TURN_KEYS)}"
+        raise StyleError(f"{origin}: turn {i + 1} has unknown keys {sorted(unknown)}; {hint}")
     for req in ("name", "template"):
         if not isinstance(d.get(req), str) or not d[req]:
             raise StyleError(f"{origin}: turn {i + 1} needs a {req!r} string")
@@ -266,17 +268,37 @@ def _validate(style: Style, origin: str) -> None:
             raise StyleError(
                 f"{where}: unknown select rule(s) {bad_rules}; allowed: {', '.join(SELECT_RULES)}"
             )
-        allowed = set(BUILTIN_FIELDS) - ({"query"} if not t.reads_query else set()) | set(t.reads)
-        unknown = t.placeholders() - allowed
-        if unknown:
-            raise StyleError(
-                f"{where}: template uses {sorted(unknown)}; allowed here: {sorted(allowed)}"
-            )
+        _check_template(t, where)
         seen.append(t.name)
     if sum(t.graded for t in style.turns) > 1:
         raise StyleError(
             f"{origin}: at most one turn may have graded = true (none: an answer-only style)"
         )
+
+
+_ESCAPE = 'write a literal brace as {{ or }} (e.g. {{"start": 1}})'
+
+
+def _check_template(t: Turn, where: str) -> None:
+    """Every {field} is one this turn may fill, and the template renders."""
+    try:
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t.template)]
+    except ValueError as exc:
+        raise StyleError(f"{where}: template has an unbalanced brace ({exc}): {_ESCAPE}") from None
+    allowed = set(BUILTIN_FIELDS) - ({"query"} if not t.reads_query else set()) | set(t.reads)
+    unknown = [(f, spec, conv) for f, spec, conv in parsed if f is not None and f not in allowed]
+    for f, spec, conv in unknown:
+        if not f.isidentifier():  # JSON or code in braces: {"start": 1}, {}, {0}
+            text = "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise StyleError(f"{where}: template holds {text}, which is not a field: {_ESCAPE}")
+    if unknown:
+        names = sorted({f for f, _, _ in unknown})
+        raise StyleError(f"{where}: template uses {names}; allowed here: {sorted(allowed)}")
+    try:  # a bad conversion or format spec ({query!x}, {duration:d}) shows only when filled in
+        parents = dict.fromkeys(t.reads, "text")
+        render_template(t.template, query="q", timestamps=[0.0], duration=1.0, parents=parents)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise StyleError(f"{where}: template cannot be filled in ({exc}); {_ESCAPE}") from None
 
 
 # --- rendering -------------------------------------------------------------------------------

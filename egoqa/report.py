@@ -1,34 +1,23 @@
-"""Reading a run: metrics and breakdowns over the `results` view, the files a report writes
-(results.json, results.csv, PNG charts) and the official Ego4D NLQ prediction file.
+"""Reading a run: metrics and breakdowns over the `results` view, as plain data and as tables.
 
 Every enqueued query counts: a failed or still pending one is a miss. Metrics are computed by
-`evaluate.summarize`, so the report, the views and a hand computation agree. Nothing prints here.
+`evaluate.summarize`, so the report, the views and a hand computation agree. A run without
+ground truth (the unannotated test split) has counts and answers, no metrics. The records its
+annotation files held that could not be enqueued are counted beside the scores. The files a
+report writes are `report_files`'s, the official prediction file `export`'s. Nothing prints here.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from egoqa import __version__
 from egoqa.errors import EgoqaError
-from egoqa.evaluate import (
-    NLQ_CHALLENGE,
-    NLQ_VERSION,
-    Outcome,
-    Scores,
-    Segment,
-    failed_scores,
-    nlq_prediction,
-    summarize,
-    validate_nlq_predictions,
-)
-from egoqa.provenance import git_hash, package_versions
+from egoqa.evaluate import Outcome, Scores, failed_scores, summarize
+from egoqa.store import skips
 from egoqa.store.db import Database
 from egoqa.store.read import run_exists
 
@@ -71,11 +60,17 @@ class RunData:
     graded_turn: str
     created_at: float
     enqueued_with: dict
+    skipped: list[skips.SkippedQuery] = field(default_factory=list)
 
     @property
     def graded(self) -> bool:
         """False for an answer-only style: its results rows show answers and carry no scores."""
         return any(t.get("graded") for t in self.style.get("turns", []))
+
+    @property
+    def ground_truth(self) -> bool:
+        """False for a run over queries without answer windows (the unannotated test split)."""
+        return any(has_truth(r) for r in self.rows)
 
     @property
     def samples(self) -> int:
@@ -87,7 +82,7 @@ class RunData:
 # --- loading -----------------------------------------------------------------------------------
 
 
-def _records(db: Database, sql: str, params: dict | None = None) -> list[dict]:
+def records(db: Database, sql: str, params: dict | None = None) -> list[dict]:
     with db.read() as cur:
         raw = cur.execute(sql, params)
         columns = [d[0] for d in raw.description]
@@ -95,9 +90,21 @@ def _records(db: Database, sql: str, params: dict | None = None) -> list[dict]:
 
 
 def status_of(row: dict) -> str:
-    """done, failed or pending."""
+    """done, failed (cancelled counts as failed: it will not finish) or pending."""
     state = row["state"]
-    return state if state in ("done", "failed") else "pending"
+    return state if state in ("done", "failed") else "failed" if state == "cancelled" else "pending"
+
+
+def has_truth(row: dict) -> bool:
+    """The query has an answer window to score against."""
+    return row["gt_start"] is not None and row["gt_end"] is not None
+
+
+def needs_scoring(row: dict) -> bool:
+    """Finished, but its scores (or, without ground truth, its segments) are not stored yet."""
+    if status_of(row) != "done":
+        return False
+    return row["outcome"] is None if has_truth(row) else row["segments"] is None
 
 
 def outcome_of(row: dict) -> str:
@@ -110,12 +117,12 @@ def outcome_of(row: dict) -> str:
 def load_run(db: Database, run: str) -> RunData:
     """The run's results rows and settings; UnknownRun names the runs there are."""
     run_exists(db, run)
-    meta = _records(
+    meta = records(
         db,
         "SELECT config, style, graded_turn, created_at, provenance FROM runs WHERE name = :run",
         {"run": run},
     )[0]
-    rows = _records(
+    rows = records(
         db,
         "SELECT * FROM results WHERE run = :run ORDER BY clip_uid, annotation_uid, query_idx",
         {"run": run},
@@ -128,25 +135,26 @@ def load_run(db: Database, run: str) -> RunData:
         graded_turn=meta["graded_turn"],
         created_at=meta["created_at"],
         enqueued_with=json.loads(meta["provenance"] or "{}"),
+        skipped=skips.skipped_queries(db, run),
     )
 
 
-def _require_finished(data: RunData) -> None:
+def require_scorable(data: RunData) -> None:
+    """Something finished, and a graded turn to score it by."""
+    require_finished(data)
+    if not data.graded:
+        raise UngradedRun(
+            f"run {data.run!r} is ungraded (its style grades no turn): it has answers, no "
+            f"scores or segments; `egoqa report --run {data.run}` lists the answers"
+        )
+
+
+def require_finished(data: RunData) -> None:
     counts = _counts(data.rows)
     if counts["done"] + counts["failed"] == 0:
         raise NothingToReport(
             f"run {data.run!r} has nothing finished yet ({counts['pending']} queries pending): "
             f"run `egoqa work`, and watch it with `egoqa status --run {data.run}`"
-        )
-
-
-def require_scorable(data: RunData) -> None:
-    """Something finished, and a graded turn to score it by."""
-    _require_finished(data)
-    if not data.graded:
-        raise UngradedRun(
-            f"run {data.run!r} is ungraded (its style grades no turn): it has answers, no "
-            f"scores or segments; `egoqa report --run {data.run}` lists the answers"
         )
 
 
@@ -182,17 +190,23 @@ def _counts(rows: Sequence[dict]) -> dict[str, int]:
 
 
 def summary(data: RunData) -> dict[str, Any]:
-    """Counts, the official metrics and coverage, and best-of-n where the graded turn sampled n."""
-    unscored = sum(1 for r in data.rows if outcome_of(r) == "unscored")
-    return {
+    """Counts, the official metrics and coverage, and best-of-n where the graded turn sampled n;
+    with no ground truth the metrics are None. `skipped` counts the records of the run's
+    annotation files that could not be enqueued (they are not in the metrics)."""
+    truth = data.ground_truth
+    out = {
         "run": data.run,
         "graded_turn": data.graded_turn,
         "samples": data.samples,
         **_counts(data.rows),
-        "unscored": unscored,
-        **metrics(data.rows),
-        "best_of_n": metrics(data.rows, best=True) if data.samples > 1 else None,
+        "unscored": sum(map(needs_scoring, data.rows)),
+        "skipped": len(data.skipped),
+        "skipped_by_reason": skips.skipped_counts(data.skipped),
+        "ground_truth": truth,
     }
+    out |= metrics(data.rows) if truth else dict.fromkeys(METRICS)
+    out["best_of_n"] = metrics(data.rows, best=True) if truth and data.samples > 1 else None
+    return out
 
 
 def _label(value: str | None) -> str:
@@ -206,14 +220,18 @@ def _breakdown(data: RunData, key: str) -> list[dict]:
     out = []
     for value, positions in frame.groupby(key, sort=True).indices.items():
         rows = [data.rows[i] for i in positions]
-        out.append({key: value, **_counts(rows), **metrics(rows)})
+        scores = metrics(rows) if data.ground_truth else {}
+        out.append({key: value, **_counts(rows), **scores})
     return sorted(out, key=lambda r: -r["n"])
 
 
 def outcomes(data: RunData) -> list[dict]:
-    """How predictions miss, by query type: the confusion of outcomes, with a total row."""
+    """How predictions miss, by query type: the confusion of outcomes, with a total row (none
+    without ground truth: nothing can miss it)."""
     import pandas as pd
 
+    if not data.ground_truth:
+        return []
     frame = pd.DataFrame(
         {
             "query_type": [_label(r["query_type"]) for r in data.rows],
@@ -232,7 +250,7 @@ def outcomes(data: RunData) -> list[dict]:
 
 def failures(db: Database, data: RunData) -> list[dict]:
     """Failed jobs by kind: how many, on which turns, how many queries they cost, an example."""
-    jobs = _records(
+    jobs = records(
         db,
         "SELECT kind, turn, message FROM failures WHERE run = :run ORDER BY job_id",
         {"run": data.run},
@@ -255,6 +273,17 @@ def failures(db: Database, data: RunData) -> list[dict]:
     return sorted(out, key=lambda e: (-e["jobs"], e["kind"]))
 
 
+def answers(data: RunData) -> list[dict]:
+    """Every query's predicted windows, best first (top 5, as exported); [] for a pending or
+    failed query. What a run without ground truth has to show instead of scores."""
+    out = []
+    for r in data.rows:
+        windows = [[s, e] for s, e, _ in json.loads(r["segments"] or "[]")][:5]
+        item = {k: r[k] for k in ("clip_uid", "annotation_uid", "query_idx", "query")}
+        out.append(item | {"status": status_of(r), "predicted_times": windows})
+    return out
+
+
 def compare(db: Database, runs: Iterable[str]) -> list[dict]:
     """Runs side by side: counts and metrics of each over its own queries."""
     out = []
@@ -271,7 +300,7 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
 def build(db: Database, run: str, compare_with: Sequence[str] = ()) -> dict[str, Any]:
     """Everything `egoqa report` shows: the summary and every breakdown, as plain data."""
     data = load_run(db, run)
-    _require_finished(data)
+    require_finished(data)
     if not data.graded:
         from egoqa.answers import answers_report
 
@@ -283,6 +312,7 @@ def build(db: Database, run: str, compare_with: Sequence[str] = ()) -> dict[str,
         "by_clip": _breakdown(data, "clip_uid"),
         "outcomes": outcomes(data),
         "failures": failures(db, data),
+        "answers": [] if data.ground_truth else answers(data),
         "compare": compare(db, [run, *[r for r in compare_with if r != run]])
         if compare_with
         else [],
@@ -295,186 +325,3 @@ def rescore(db: Database, run: str) -> int:
 
     run_exists(db, run)
     return score_items(db, run=run)
-
-
-# --- tables (what the CLI renders; JSON carries the same numbers as fractions) ------------------
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
-def summary_rows(db: Database, run: str) -> tuple[list[str], list[tuple]]:
-    """The overall table of a run: counts, then metrics in percent, then best-of-n if sampled."""
-    data = load_run(db, run)
-    _require_finished(data)
-    return _summary_table(summary(data))
-
-
-def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
-    rows: list[tuple] = [(k, s[k]) for k in ("n", "done", "failed", "pending")]
-    rows[0] = ("queries", s["n"])
-    if s["unscored"]:
-        rows.append(("unscored (run with --rescore)", s["unscored"]))
-    rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
-    if s["best_of_n"]:
-        label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
-        rows += [
-            (f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS
-        ]
-    return ["metric", "value"], rows
-
-
-def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]]:
-    # Done and mean R@1 follow from the columns shown (and are in --json): a narrow terminal
-    # still fits the rest beside a long template name.
-    shown = [m for m in METRICS if m != "mean_r1"]
-    columns = [key, "n", "failed", "pending", *(METRIC_NAMES[k][1] for k in shown)]
-    rows = [
-        (r[key], r["n"], r["failed"], r["pending"], *(_pct(r[k]) for k in shown)) for r in records
-    ]
-    return columns, rows
-
-
-def tables(report: dict) -> list[tuple[str, list[str], list[tuple]]]:
-    """(title, columns, rows) for each table of `egoqa report`, in the order shown."""
-    if "answers" in report:
-        from egoqa.answers import answer_tables
-
-        return answer_tables(report)
-    run = report["summary"]["run"]
-    out = [(f"run {run}", *_summary_table(report["summary"]))]
-    out.append(("by query type (%)", *_metric_table(report["by_query_type"], "query_type")))
-    out.append(("by template (%)", *_metric_table(report["by_template"], "template")))
-    columns = list(report["outcomes"][0]) if report["outcomes"] else ["query_type"]
-    out.append(("outcomes by query type", columns, [tuple(r.values()) for r in report["outcomes"]]))
-    if report["failures"]:
-        rows = [
-            (f["kind"], f["jobs"], ", ".join(f["turns"]), f["queries"], (f["example"] or "")[:100])
-            for f in report["failures"]
-        ]
-        out.append(("failures", ["kind", "jobs", "turns", "queries lost", "example"], rows))
-    if report["compare"]:
-        out.append(("runs compared (%)", *_metric_table(report["compare"], "run")))
-    return out
-
-
-# --- files -------------------------------------------------------------------------------------
-
-
-def provenance(db: Database, data: RunData) -> dict[str, Any]:
-    """What produced these results: config, code version, packages, and the workers that ran it."""
-    workers = _records(
-        db,
-        """SELECT id, host, device, model, started_at, stopped_at, jobs_done FROM workers
-            WHERE id IN (SELECT worker_id FROM turns WHERE run = :run) ORDER BY started_at, id""",
-        {"run": data.run},
-    )
-    return {
-        "run": data.run,
-        "created_at": data.created_at,
-        "config": data.config,
-        "style": data.style,
-        "graded_turn": data.graded_turn,
-        "enqueued_with": data.enqueued_with,
-        "egoqa_version": __version__,
-        "git_hash": git_hash(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "database": db.dialect,
-        "packages": package_versions(),
-        "devices": sorted({w["device"] for w in workers}),
-        "workers": workers,
-    }
-
-
-_TURNS_OF_ITEMS = """
-SELECT c.clip_uid, q.annotation_uid, q.query_idx, ij.turn_index, ij.turn_name, j.id, j.state,
-       j.prompt, j.response, j.responses, j.finish_reason, j.error_kind, j.error
-  FROM run_items ri JOIN runs r ON r.id = ri.run_id
-  JOIN queries q ON q.id = ri.query_id JOIN clips c ON c.id = q.clip_id
-  JOIN item_jobs ij ON ij.item_id = ri.id JOIN jobs j ON j.id = ij.job_id
- WHERE r.name = :run
- ORDER BY c.clip_uid, q.annotation_uid, q.query_idx, ij.turn_index
-"""
-
-
-def _turns_by_item(db: Database, run: str) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
-    for t in _records(db, _TURNS_OF_ITEMS, {"run": run}):
-        key = (t["clip_uid"], t["annotation_uid"], t["query_idx"])
-        turn = {"turn_index": t["turn_index"], "turn": t["turn_name"], "job_id": t["id"]}
-        turn |= {k: t[k] for k in ("state", "prompt", "response")}
-        turn["responses"] = json.loads(t["responses"]) if t["responses"] else []
-        turn |= {k: t[k] for k in ("finish_reason", "error_kind", "error")}
-        out.setdefault(key, []).append(turn)
-    return out
-
-
-_SCORE_KEYS = ("correct", "iou_top1", "r1_03", "r1_05", "r5_03", "r5_05", "outcome", "n_segments")
-_BEST_KEYS = ("correct", "iou_top1", "r1_03", "r1_05")
-
-
-def instances(db: Database, data: RunData) -> list[dict]:
-    """Every query of the run: ids, query, ground truth, segments, scores and every turn."""
-    turns = _turns_by_item(db, data.run)
-    out = []
-    for r in data.rows:
-        key = (r["clip_uid"], r["annotation_uid"], r["query_idx"])
-        item = {k: r[k] for k in ("clip_uid", "annotation_uid", "query_idx", "query")}
-        item |= {"query_type": r["query_type"], "template": r["template"]}
-        item |= {"ground_truth": [r["gt_start"], r["gt_end"]], "state": r["state"]}
-        item |= {"status": status_of(r), "error_kind": r["error_kind"]}
-        item["segments"] = json.loads(r["segments"]) if r["segments"] else None
-        item["scores"] = {k: r[k] for k in _SCORE_KEYS} | {"outcome": outcome_of(r)}
-        if data.samples > 1:
-            item["best_of_n"] = {k: r["best_" + k] for k in _BEST_KEYS}
-        item["turns"] = turns.get(key, [])
-        out.append(item)
-    return out
-
-
-def write(db: Database, report: dict, out_dir: Path) -> list[Path]:
-    """results.json, results.csv and the charts of a built report; returns the paths written."""
-    import pandas as pd
-
-    run = report["summary"]["run"]
-    data = load_run(db, run)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"provenance": provenance(db, data), **report, "instances": instances(db, data)}
-    paths = [out_dir / "results.json", out_dir / "results.csv"]
-    paths[0].write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    frame = pd.DataFrame(data.rows)
-    frame.insert(frame.columns.get_loc("state") + 1, "status", [status_of(r) for r in data.rows])
-    frame.to_csv(paths[1], index=False)
-    from egoqa.charts import charts
-
-    return paths + (charts(report, out_dir) if data.graded else [])
-
-
-# --- the official prediction file ----------------------------------------------------------------
-
-
-def _segments(text: str | None) -> list[Segment]:
-    return [Segment(s, e, c) for s, e, c in json.loads(text or "[]")]
-
-
-def export_nlq(db: Database, run: str) -> dict:
-    """The Ego4D NLQ prediction file for every query of the run (misses as [[0.0, 0.0]]),
-    checked against the official format and the run's query ids before it is returned."""
-    data = load_run(db, run)
-    require_scorable(data)
-    unscored = sum(1 for r in data.rows if outcome_of(r) == "unscored")
-    if unscored:
-        raise UnscoredResults(
-            f"{unscored} finished queries of run {run!r} have no scores yet: "
-            f"run `egoqa report --run {run} --rescore`, then export again"
-        )
-    ids = [(r["clip_uid"], r["annotation_uid"], r["query_idx"]) for r in data.rows]
-    results = [
-        nlq_prediction(*key, _segments(r["segments"]))
-        for key, r in zip(ids, data.rows, strict=True)
-    ]
-    obj = {"version": NLQ_VERSION, "challenge": NLQ_CHALLENGE, "results": results}
-    validate_nlq_predictions(obj, ids)
-    return obj

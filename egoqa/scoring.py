@@ -1,5 +1,9 @@
 """Scores of a run's queries, stored on their run items: computed when a graded job completes,
-and recomputed from the stored responses (no model call) by `egoqa report --rescore`."""
+and recomputed from the stored responses (no model call) by `egoqa report --rescore`.
+
+A query without ground truth (the unannotated test split) gets its predicted segments parsed and
+stored all the same, with no scores: the export needs them, the metrics cannot have them.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ def _row(
     gt: tuple[float | None, float | None],
     duration: float,
 ) -> dict | None:
-    if state not in ("done", "failed") or gt[0] is None or gt[1] is None:
+    if state not in ("done", "failed"):
         return None
+    if gt[0] is None or gt[1] is None:
+        segs = parse_segments(response, duration) if state == "done" else []
+        return _segments_only(item_id, segs)
     if state == "failed":
         segs, first, best = [], failed_scores(), failed_scores()
     else:
@@ -31,10 +38,30 @@ def _row(
     return _params(item_id, segs, first, best)
 
 
+def _segments_json(segs) -> str:
+    return json.dumps([[s.start, s.end, s.confidence] for s in segs])
+
+
+_SCORE_COLUMNS = (
+    "correct", "iou_top1", "r1_03", "r1_05", "r5_03", "r5_05", "outcome",
+    "best_correct", "best_r1_03", "best_r1_05", "best_iou_top1",
+)  # fmt: skip
+
+
+def _segments_only(item_id: int, segs) -> dict:
+    """A query without ground truth: its segments, and NULL for every score."""
+    return {
+        "id": item_id,
+        "segments": _segments_json(segs),
+        "n_segments": len(segs),
+        **dict.fromkeys(_SCORE_COLUMNS),
+    }
+
+
 def _params(item_id: int, segs, first: Scores, best: Scores) -> dict:
     return {
         "id": item_id,
-        "segments": json.dumps([[s.start, s.end, s.confidence] for s in segs]),
+        "segments": _segments_json(segs),
         "n_segments": first.n_segments,
         "correct": int(first.correct),
         "iou_top1": first.iou_top1,

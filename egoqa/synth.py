@@ -43,6 +43,7 @@ class SynthPaths:
     videos: Path
     metadata: Path
     cuts: dict[str, tuple[float, ...]] = field(default_factory=dict)  # clip uid -> clip seconds
+    test_annotations: Path | None = None  # nlq_test_unannotated.json, when asked for
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -299,6 +300,7 @@ def write_synth_dataset(
     full_scale: bool = False,
     quirks: bool = False,
     cuts_per_clip: int = 0,
+    test_split: bool = False,
 ) -> SynthPaths:
     """Write an Ego4D-NLQ-shaped val split with rendered videos under `root`; idempotent.
 
@@ -306,6 +308,8 @@ def write_synth_dataset(
     rewritten. `quirks` adds the record problems the loader must skip (see `_add_quirks`).
     `cuts_per_clip` gives every clip that many hard cuts at known times (`SynthPaths.cuts`,
     also in the annotation file's metadata).
+    `test_split` also writes `nlq_test_unannotated.json`: the same clips and queries in the
+    shape of the official test split, without answer windows (see `unannotated_split`).
     """
     root = Path(root)
     counts = _query_counts(clips, queries_per_clip)
@@ -320,11 +324,19 @@ def write_synth_dataset(
         missing = _layouts(rng, 1, duration_sec, fps)[0]
         _add_quirks(rng, annotation, missing, duration_sec, fps)
         videos_meta.append(_video_metadata(missing, fps, size))
+    test = root / "annotations" / "nlq_test_unannotated.json" if test_split else None
     paths = SynthPaths(
-        root, root / "annotations" / "nlq_val.json", root / "videos", root / "ego4d.json", cuts
+        root,
+        root / "annotations" / "nlq_val.json",
+        root / "videos",
+        root / "ego4d.json",
+        cuts,
+        test,
     )
     _render_videos(paths.videos, layouts, duration_sec, fps, size, seed, full_scale, cuts)
     _write_json(paths.annotations, annotation)
+    if test is not None:
+        _write_json(test, unannotated_split(annotation))
     _write_json(
         paths.metadata, {"version": "v2", "description": "egoqa synthetic", "videos": videos_meta}
     )
@@ -434,6 +446,30 @@ def _add_quirks(rng, annotation: dict, missing: _Layout, duration_sec: float, fp
     lost = [_query(rng, missing.starts[0], duration_sec, fps) for _ in range(2)]
     entry = _clip_entry(rng, missing.clip_uids[0], missing.starts[0], duration_sec, fps, lost)
     annotation["videos"].append({"video_uid": missing.video_uid, "split": "val", "clips": [entry]})
+
+
+def unannotated_split(annotation: dict) -> dict:
+    """An annotation file as the official `nlq_test_unannotated.json` has it: videos of split
+    "test" whose language queries carry only their `query` text (none where the record has none),
+    so query_idx still counts every entry."""
+    videos = []
+    for video in annotation["videos"]:
+        clips = []
+        for clip in video["clips"]:
+            annotations = [
+                {
+                    "annotation_uid": a["annotation_uid"],
+                    "language_queries": [
+                        {k: q[k] for k in ("query",) if k in q} for q in a["language_queries"]
+                    ],
+                }
+                for a in clip["annotations"]
+            ]
+            clips.append({**clip, "annotations": annotations})
+        videos.append({**video, "split": "test", "clips": clips})
+    meta = {**annotation["metadata"], "split": "test"}
+    description = "egoqa synthetic NLQ test (unannotated)"
+    return {**annotation, "description": description, "metadata": meta, "videos": videos}
 
 
 def _video_metadata(layout: _Layout, fps: int, size: tuple[int, int]) -> dict:

@@ -27,6 +27,11 @@ def load(name_or_path: str, folder: str, what: str, error: type[EgoqaError]) -> 
     path = Path(name_or_path)
     choices = ", ".join(shipped(folder))
     if looks_like_path(name_or_path):
+        if path.is_dir():
+            raise error(
+                f"{what} file {path} is a folder, not a TOML file: name the .toml file in it, "
+                f"or use one of {choices}"
+            )
         if not path.is_file():
             raise error(f"{what} file {path} does not exist: use one of {choices} or a TOML file")
         try:

@@ -231,7 +231,8 @@ def assert_skipped_and_rest_enqueued(cli, db, data, reason: str, detail: str) ->
     before = done(db)
     p = succeeded(cli(*enqueue(data), check=False))
     assert f"run demo: 3 queries on 3 clips (skipped: {reason} 1)" in p.stdout
-    assert f"skipped {reason}: {detail}" in p.stderr
+    where = r"\(clip [\w-]+, annotation [\w-]+, query \d+\)"  # the record, to find it
+    assert re.search(rf"skipped {reason} {where}: {re.escape(detail)}", p.stderr), p.stderr
     assert rows(db, "SELECT COUNT(*) FROM run_items") == [(3,)]
     assert done(db) == before
 
@@ -295,14 +296,14 @@ def test_an_unknown_prompt_style_lists_the_available_ones(cli, db, pristine, tmp
     assert snapshot(db) == before
 
 
-def test_an_unknown_config_key_lists_the_allowed_keys(cli, db, pristine, tmp_path):
+def test_an_unknown_config_key_suggests_the_keys_near_it(cli, db, pristine, tmp_path):
     before = snapshot(db)
     p = cli(*enqueue(pristine, "--set", "sampler.frame=3"), check=False)
-    error_line(p, "--set: unknown key 'sampler.frame'; allowed: model, ", "sampler.frames")
+    error_line(p, "--set: unknown key 'sampler.frame'; did you mean sampler.frames?")
     toml = tmp_path / "mine.toml"
     toml.write_text('model = "m"\nbackend = "fake"\n[sampler]\nframe = 3\n')
     p = cli(*enqueue(pristine, config=str(toml), fake=False), check=False)
-    error_line(p, f"{toml}: unknown key 'sampler.frame' (allowed keys: model, ", "sampler.frames")
+    error_line(p, f"{toml}: unknown key 'sampler.frame' (did you mean sampler.frames?)")
     assert snapshot(db) == before
 
 
@@ -516,7 +517,8 @@ def test_a_full_disk_while_writing_results_stops_the_worker_and_loses_nothing(cl
         "work already written is safe",
         only=False,
     )
-    assert done(db) == before
+    assert set(before) <= set(done(db))  # nothing written before is lost (writes that fit in
+    # the file's free pages may still land)
     assert rows(db, "SELECT COUNT(*) FROM jobs WHERE state = 'running'") == [(0,)]  # released
     succeeded(cli("work", "--until-done", check=False))
     assert rows(db, "SELECT DISTINCT state FROM jobs") == [("done",)]

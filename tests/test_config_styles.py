@@ -58,18 +58,17 @@ def test_config_is_frozen_and_its_hash_is_canonical():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("sampler.frame=3", "unknown key 'sampler.frame'"),
-        ("sampler.frames=0", "sampler.frames"),
-        ("sampler.kind=sparse", "sampler.kind"),
+        ("sampler.frame=3", "unknown key 'sampler.frame'; did you mean sampler.frames?"),
+        ("sampler.frames=0", "sampler.frames: Input should be greater than or equal to 1"),
+        ("sampler.kind=sparse", "sampler.kind: Input should be 'uniform', 'dense' or 'shots'"),
         ("nonsense", "expected key=value"),
     ],
 )
-def test_bad_overrides_list_what_is_allowed(override, message):
+def test_bad_overrides_say_what_is_allowed_without_listing_every_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config("demo", [override])
     assert message in str(err.value)
-    if "expected" not in message:
-        assert "allowed" in str(err.value) and "sampler.frames" in str(err.value)
+    assert "generation.seed" not in str(err.value)  # not the whole list of keys
 
 
 def test_a_toml_file_with_an_unknown_key_is_refused(tmp_path):

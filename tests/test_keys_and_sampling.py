@@ -189,11 +189,14 @@ def test_a_sampled_request_draws_the_same_text_alone_in_a_batch_and_in_any_order
     clip = render_clip(tiny_model.parent / "clip.mp4", CLIP_SEC, fps=10)
     frames = clip_frames(clip, SamplerConfig(frames=8, max_edge=112))
     backend = TransformersBackend(str(tiny_model), device="cpu", dtype="float32")
+    for seeds in ([11, 22, 33, 44], [7, 7, 7, 7]):  # distinct seeds, and one shared by all
+        requests = _sampled(frames, seeds=seeds)
+        batched = [r.texts for r in backend.generate(requests)]
+        reversed_ = [r.texts for r in backend.generate(requests[::-1])][::-1]
+        alone = [backend.generate([r])[0].texts for r in requests]
+        assert batched == reversed_ == alone, seeds
     requests = _sampled(frames, seeds=[11, 22, 33, 44])
     batched = [r.texts for r in backend.generate(requests)]
-    reversed_ = [r.texts for r in backend.generate(requests[::-1])][::-1]
-    alone = [backend.generate([r])[0].texts for r in requests]
-    assert batched == reversed_ == alone
     assert all(len(set(t)) == 2 for t in batched), "two samples of a job should differ"
     reseeded = backend.generate([_sampled(frames, seeds=[12, 22, 33, 44])[0]])
     assert reseeded[0].texts != batched[0]

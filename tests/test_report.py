@@ -214,8 +214,9 @@ def test_rescore_recomputes_from_stored_responses_without_a_model(cli, hand_run,
 
 
 def test_export_covers_every_query_with_misses_as_zero_windows(cli, hand_run, tmp_path):
+    # --only-enqueued: the records skipped before --limit was reached are test_export_split's
     out = tmp_path / "preds.json"
-    cli("export", "--run", hand_run, "--format", "nlq", "-o", out)
+    cli("export", "--run", hand_run, "--format", "nlq", "--only-enqueued", "-o", out)
     obj = json.loads(out.read_text())
     ids = [
         (r["clip_uid"], r["annotation_uid"], r["query_idx"])
@@ -224,7 +225,8 @@ def test_export_covers_every_query_with_misses_as_zero_windows(cli, hand_run, tm
     validate_nlq_predictions(obj, ids)
     by_window = sorted(json.dumps(p["predicted_times"]) for p in obj["results"])
     assert by_window.count("[[0.0, 0.0]]") == 3  # no segment, failed, pending
-    assert json.loads(cli("export", "--run", hand_run).stdout) == obj  # stdout without -o
+    stdout = cli("export", "--run", hand_run, "--only-enqueued").stdout  # stdout without -o
+    assert json.loads(stdout) == obj
 
 
 def test_unknown_run_is_one_clear_line_and_exit_1(cli, hand_run):
@@ -276,7 +278,8 @@ def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_mode
     fake = ("--set", 'model="fake-model"', "--set", "backend=fake", "--run", "fake")
     cli(*enqueue_args(synth, "demo", *fake, "--limit", "6"))
     cli("work", "--until-done", "--model", "fake-model")
-    cli("work", "--until-done", "--model", str(tiny_model), timeout=600)
+    worked = cli("work", "--until-done", "--model", str(tiny_model), timeout=600)
+    assert "Loading weights" not in worked.stderr  # no Hugging Face bars at default verbosity
     out = tmp_path / "report"
     cli("report", "--run", "demo", "--compare", "fake", "--out", out)
 
@@ -306,7 +309,7 @@ def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_mode
     assert (out / "results.csv").read_text().count("\n") >= 7
 
     preds = tmp_path / "preds.json"
-    cli("export", "--run", "demo", "--format", "nlq", "-o", preds)
+    cli("export", "--run", "demo", "--format", "nlq", "--only-enqueued", "-o", preds)
     exported = json.loads(preds.read_text())
     validate_nlq_predictions(exported, ids)
     assert len(exported["results"]) == len(ids)

@@ -8,6 +8,7 @@ workers can never both read a job as ready and both claim it.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,25 @@ from egoqa.errors import DatabaseError, SchemaMismatch
 
 DEFAULT_DB = "egoqa.db"
 BUSY_TIMEOUT_MS = 30_000
+UNSUPPORTED = ("mysql", "mariadb", "mssql", "oracle")  # SQLAlchemy knows them; egoqa does not
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit for messages: its password, if any, as ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", url)
+
+
+def _without_password(text: str, url: str) -> str:
+    """A driver's message, with the URL's password taken out wherever it was repeated."""
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 def resolve_url(db: str | os.PathLike | None) -> str:
@@ -39,8 +59,11 @@ def resolve_url(db: str | os.PathLike | None) -> str:
         return URL.create("sqlite", database=path).render_as_string(hide_password=False)
     try:
         make_url(db)
-    except ArgumentError as exc:
-        raise DatabaseError(f"cannot parse database URL {db!r}: {exc}") from None
+    except (ArgumentError, ValueError):  # a port that is not a number is a ValueError
+        raise DatabaseError(
+            f"cannot parse database URL {shown_url(db)!r}: pass a file path, sqlite:///PATH or "
+            "postgresql://USER@HOST/DATABASE"
+        ) from None
     return db
 
 
@@ -150,6 +173,12 @@ def _make_sqlite_engine(url: str, path: Path, readonly: bool) -> Engine:
 
 
 def _make_server_engine(url: str, readonly: bool) -> Engine:
+    backend = make_url(url).get_backend_name()
+    if backend in UNSUPPORTED:
+        raise DatabaseError(
+            f"{shown_url(url)}: only SQLite and PostgreSQL are supported, not {backend}: pass a "
+            "file path, sqlite:///PATH or postgresql://..."
+        )
     kwargs: dict = {"pool_pre_ping": True}
     if readonly and make_url(url).get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
@@ -162,8 +191,8 @@ def _make_server_engine(url: str, readonly: bool) -> Engine:
         ) from None
     except NoSuchModuleError:
         raise DatabaseError(
-            f"unknown kind of database in {url!r}: pass a file path, sqlite:///PATH or "
-            "postgresql://..."
+            f"unknown kind of database in {shown_url(url)!r}: pass a file path, sqlite:///PATH "
+            "or postgresql://..."
         ) from None
 
 
@@ -297,11 +326,6 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
-
-    @property
-    def redacted_url(self) -> str:
-        """The URL with any password masked (for messages)."""
-        return make_url(self.url).render_as_string(hide_password=True)
 
     @property
     def now(self) -> str:
@@ -456,6 +480,9 @@ def open_db(
     """Open (and with `create`, create or upgrade) a database; refuse a schema mismatch."""
     url = resolve_url(db)
     engine = make_engine(url, readonly=readonly)
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():  # SQLite would create it, empty
+        raise DatabaseError(f"no database at {path}: run `egoqa enqueue` first or pass --db")
     with friendly_errors(url):
         upgraded = ensure_schema(engine, url, create=create and not readonly)
     handle = Database(url, engine, readonly)
@@ -481,4 +508,5 @@ def friendly_errors(url: str):
         if isinstance(orig, sqlite3.DatabaseError):
             raise _friendly_sqlite_error(orig, url) from None
         first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-        raise DatabaseError(f"cannot open {url}: {first}") from None
+        first = _without_password(first, url)
+        raise DatabaseError(f"cannot open {shown_url(url)}: {first}") from None

@@ -234,3 +234,30 @@ class ShotDetection(Base):
     library: Mapped[str] = mapped_column(String(64))
     elapsed_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class RunSource(Base):
+    """One annotation file a run was enqueued from: how many queries it gave, how many it skipped."""
+
+    __tablename__ = "run_sources"
+    __table_args__ = (UniqueConstraint("run_id", "annotations"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    annotations: Mapped[str] = mapped_column(Text)
+    enqueued_at: Mapped[float] = mapped_column(Float)
+    queries: Mapped[int] = mapped_column(Integer)
+    skipped: Mapped[int] = mapped_column(Integer)
+
+
+class SkippedRecord(Base):
+    """A record of a run's annotation file that could not be enqueued, and why; the export
+    writes those with a full query id as misses, so every query of the file is counted."""
+
+    __tablename__ = "skipped_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("run_sources.id"), index=True)
+    clip_uid: Mapped[str | None] = mapped_column(String(64))
+    annotation_uid: Mapped[str | None] = mapped_column(String(64))
+    query_idx: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)

@@ -109,10 +109,13 @@ def failed_job_ids(db: Database, run: str | None) -> list[int] | None:
     return [r[0] for r in t.rows]
 
 
-def read_only_sql(db: Database, statement: str) -> Table:
-    """Run one statement on a read-only connection; the database itself refuses writes."""
+def read_only_sql(db: Database, statement: str, timeout_s: float | None = None) -> Table:
+    """Run one statement on a read-only connection; the database itself refuses writes.
+    Ctrl-C cancels it (exit 130), and so does `timeout_s` (see store.statement)."""
+    from egoqa.store.statement import run_statement
+
     try:
-        return _query(db, statement)
+        return Table(*run_statement(db, statement, timeout_s))
     except DatabaseError as exc:
         if "read-only" in str(exc) or "readonly" in str(exc):
             raise ReadOnlyViolation(

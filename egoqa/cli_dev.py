@@ -1,0 +1,125 @@
+"""The offline commands: `egoqa demo` (the whole real path on the tiny model and a synthetic
+dataset) and `egoqa dev` (build those inputs). `egoqa.cli` is imported inside the commands: it
+imports this module while it is being built."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from egoqa.cli_common import STATE, VerboseOpt, emit_table, open_database
+
+
+def dev_tiny_model(
+    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Build a tiny random Qwen2.5-VL (real processor classes) with save_pretrained, offline."""
+    from egoqa.cli import quiet_hugging_face
+    from egoqa.tinymodel import build_tiny_model
+
+    if STATE.verbose == 0:
+        quiet_hugging_face()
+    typer.echo(str(build_tiny_model(out, seed=seed)))
+
+
+def dev_synth_dataset(
+    out: Annotated[
+        Path, typer.Argument(help="Directory for annotations/, videos/ and ego4d.json.")
+    ],
+    clips: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 4,
+    queries_per_clip: Annotated[int, typer.Option(min=1, help="Queries per clip.")] = 3,
+    duration: Annotated[float, typer.Option(min=2.0, help="Clip length in seconds.")] = 24.0,
+    full_scale: Annotated[
+        bool, typer.Option(help="Write full videos with clips at offsets.")
+    ] = False,
+    quirks: Annotated[bool, typer.Option(help="Add the bad records real files contain.")] = False,
+    test_split: Annotated[
+        bool,
+        typer.Option(
+            "--test-split", help="Also write nlq_test_unannotated.json (no answer windows)."
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Write an Ego4D-format NLQ file and short mp4 clips with timestamps burned in."""
+    from egoqa.synth import write_synth_dataset
+
+    paths = write_synth_dataset(
+        out,
+        clips=clips,
+        queries_per_clip=queries_per_clip,
+        duration_sec=duration,
+        full_scale=full_scale,
+        quirks=quirks,
+        test_split=test_split,
+        seed=seed,
+    )
+    typer.echo(
+        f"annotations: {paths.annotations}\nvideos: {paths.videos}\nmetadata: {paths.metadata}"
+    )
+    if paths.test_annotations is not None:
+        typer.echo(f"test split: {paths.test_annotations}")
+
+
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the tiny model and synthetic dataset live.")
+    ] = Path("egoqa-demo"),
+    workers: Annotated[int, typer.Option("--workers", min=1, help="CPU worker processes.")] = 2,
+    config: Annotated[
+        str, typer.Option("--config", help="Config preset or TOML (model is set to the tiny one).")
+    ] = "demo",
+    verbose: VerboseOpt = 0,
+) -> None:
+    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work, report."""
+    from egoqa.cli import _work_many, enqueue, quiet_hugging_face, status
+    from egoqa.synth import write_synth_dataset
+    from egoqa.tinymodel import build_tiny_model
+
+    t0 = time.time()
+    if STATE.verbose == 0:
+        quiet_hugging_face()
+    model_dir = build_tiny_model(directory / "tiny-qwen2.5-vl")
+    data = write_synth_dataset(directory / "dataset", clips=4, queries_per_clip=3, quirks=True)
+    typer.echo(f"tiny model: {model_dir}\nsynthetic dataset: {data.annotations}", err=True)
+    typer.echo(
+        "the synthetic annotation file holds bad records on purpose (no query text, windows "
+        "outside the clip, a missing video): the demo shows how egoqa skips and reports them",
+        err=True,
+    )
+    enqueue(
+        annotations=data.annotations,
+        videos=data.videos,
+        config=config,
+        metadata=data.metadata,
+        run="demo",
+        set_=[f"model={json.dumps(str(model_dir))}"],
+        limit=None,
+        recompute=False,
+        as_json=False,
+    )
+    _work_many(None, "cpu", workers, (None, None), "auto", True, None, None)
+    status(run="demo", as_json=False)
+    _demo_summary()
+    typer.echo(f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo", err=True)
+
+
+def _demo_summary() -> None:
+    from egoqa.report_tables import summary_rows
+
+    cols, rows = summary_rows(open_database(readonly=True), "demo")
+    emit_table("demo: first summary (random weights: scores are noise)", cols, rows)
+
+
+def register(app: typer.Typer, dev_app: typer.Typer) -> None:
+    """Add `demo` to the egoqa app and `tiny-model`, `synth-dataset` to its `dev` group."""
+    dev_app.command("tiny-model")(dev_tiny_model)
+    dev_app.command("synth-dataset")(dev_synth_dataset)
+    app.command()(demo)
