@@ -167,8 +167,24 @@ def enqueue(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    fit: Annotated[
+        Path | None,
+        typer.Option(
+            "--fit", help="Training annotations a prior learns from (prior:length_prior)."
+        ),
+    ] = None,
 ) -> None:
-    """Plan a run: read the annotations, write clips, queries and jobs. Idempotent."""
+    """Plan a run: read the annotations, write clips, queries and jobs. Idempotent.
+
+    `--config prior:whole_clip|uniform_random|length_prior` computes a prior-only baseline now.
+    """
+    if config.startswith("prior:") or fit is not None:
+        from egoqa.cli_report import enqueue_prior
+
+        enqueue_prior(
+            annotations, videos, config, metadata, run, set_, limit, recompute, fit, as_json
+        )
+        return
     from egoqa.config import load_config
     from egoqa.dataset import load_nlq
     from egoqa.plan import enqueue_run

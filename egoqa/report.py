@@ -28,6 +28,7 @@ from egoqa.evaluate import (
     failed_scores,
     nlq_prediction,
     summarize,
+    union_length,
     validate_nlq_predictions,
 )
 from egoqa.status import run_exists
@@ -51,6 +52,7 @@ METRIC_NAMES = {
     "r5_05": ("R@5 IoU>0.5", "R5@.5"),
     "mean_r1": ("mean R@1", "mR1"),
     "miou": ("mIoU", "mIoU"),
+    "pred_length": ("mean predicted length, % of clip", "len"),
 }
 
 
@@ -163,6 +165,17 @@ def metrics(rows: Sequence[dict], best: bool = False) -> dict[str, float]:
     return {k: out[k] for k in (BEST_METRICS if best else METRICS)}
 
 
+def pred_length(rows: Sequence[dict]) -> float | None:
+    """Mean length of the predicted segments (their union) as a fraction of the clip, over the
+    queries with a prediction: beside coverage it shows what a score cost (the whole clip is 1)."""
+    fractions = [
+        union_length(json.loads(r["segments"])) / r["clip_duration"]
+        for r in rows
+        if r["segments"] not in (None, "[]") and r.get("clip_duration")
+    ]
+    return sum(fractions) / len(fractions) if fractions else None
+
+
 def _counts(rows: Sequence[dict]) -> dict[str, int]:
     status = Counter(map(status_of, rows))
     return {"n": len(rows), **{k: status[k] for k in ("done", "failed", "pending")}}
@@ -178,6 +191,7 @@ def summary(data: RunData) -> dict[str, Any]:
         **_counts(data.rows),
         "unscored": unscored,
         **metrics(data.rows),
+        "pred_length": pred_length(data.rows),
         "best_of_n": metrics(data.rows, best=True) if data.samples > 1 else None,
     }
 
@@ -186,15 +200,27 @@ def _label(value: str | None) -> str:
     return value or "(none)"  # no template, or a query without a first word
 
 
-def _breakdown(data: RunData, key: str) -> list[dict]:
+def cluster_name(row: dict) -> str | None:
+    """A query's cluster as the report shows it: its number and its words."""
+    return None if row.get("cluster") is None else f"{row['cluster']}: {row['cluster_label']}"
+
+
+def _breakdown(data: RunData, key: str, value=None) -> list[dict]:
     import pandas as pd
 
-    frame = pd.DataFrame({key: [_label(r[key]) for r in data.rows]})
+    frame = pd.DataFrame({key: [_label(value(r) if value else r[key]) for r in data.rows]})
     out = []
-    for value, positions in frame.groupby(key, sort=True).indices.items():
+    for label, positions in frame.groupby(key, sort=True).indices.items():
         rows = [data.rows[i] for i in positions]
-        out.append({key: value, **_counts(rows), **metrics(rows)})
+        out.append({key: label, **_counts(rows), **metrics(rows), "pred_length": pred_length(rows)})
     return sorted(out, key=lambda r: -r["n"])
+
+
+def _by_cluster(data: RunData) -> list[dict]:
+    """The breakdown by semantic cluster (`egoqa cluster`), or [] when the run has none."""
+    if not any(r.get("cluster") is not None for r in data.rows):
+        return []
+    return _breakdown(data, "cluster", cluster_name)
 
 
 def outcomes(data: RunData) -> list[dict]:
@@ -247,19 +273,25 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
     out = []
     for run in runs:
         s = summary(load_run(db, run))
-        keys = ("n", "done", "failed", "pending", *METRICS, "best_of_n")
+        keys = ("n", "done", "failed", "pending", *METRICS, "pred_length", "best_of_n")
         out.append({"run": run, **{k: s[k] for k in keys}})
     return out
 
 
-def build(db: Database, run: str, compare_with: Sequence[str] = ()) -> dict[str, Any]:
+def build(
+    db: Database, run: str, compare_with: Sequence[str] = (), *, require_finished: bool = True
+) -> dict[str, Any]:
     """Everything `egoqa report` shows: the summary and every breakdown, as plain data."""
     data = load_run(db, run)
-    _require_finished(data)
+    if require_finished:
+        _require_finished(data)
+    methods = {r.get("cluster_method") for r in data.rows} - {None}
     return {
         "summary": summary(data),
         "by_query_type": _breakdown(data, "query_type"),
         "by_template": _breakdown(data, "template"),
+        "by_cluster": _by_cluster(data),
+        "cluster_method": min(methods) if methods else None,
         "by_clip": _breakdown(data, "clip_uid"),
         "outcomes": outcomes(data),
         "failures": failures(db, data),
@@ -297,6 +329,7 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     if s["unscored"]:
         rows.append(("unscored (run with --rescore)", s["unscored"]))
     rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
+    rows.insert(rows.index(("coverage %", _pct(s["coverage"]))) + 1, _length_row(s))
     if s["best_of_n"]:
         label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
         rows += [
@@ -305,10 +338,14 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     return ["metric", "value"], rows
 
 
+def _length_row(s: dict) -> tuple[str, str]:
+    return (METRIC_NAMES["pred_length"][0], _pct(s["pred_length"]))
+
+
 def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]]:
     # Done and mean R@1 follow from the columns shown (and are in --json): a narrow terminal
-    # still fits the rest beside a long template name.
-    shown = [m for m in METRICS if m != "mean_r1"]
+    # still fits the rest beside a long template name. "len": mean predicted length, % of clip.
+    shown = ["coverage", "pred_length", *(m for m in METRICS[1:] if m != "mean_r1")]
     columns = [key, "n", "failed", "pending", *(METRIC_NAMES[k][1] for k in shown)]
     rows = [
         (r[key], r["n"], r["failed"], r["pending"], *(_pct(r[k]) for k in shown)) for r in records
@@ -322,6 +359,9 @@ def tables(report: dict) -> list[tuple[str, list[str], list[tuple]]]:
     out = [(f"run {run}", *_summary_table(report["summary"]))]
     out.append(("by query type (%)", *_metric_table(report["by_query_type"], "query_type")))
     out.append(("by template (%)", *_metric_table(report["by_template"], "template")))
+    if report.get("by_cluster"):
+        title = f"by cluster of meaning ({report['cluster_method']}, %)"
+        out.append((title, *_metric_table(report["by_cluster"], "cluster")))
     columns = list(report["outcomes"][0]) if report["outcomes"] else ["query_type"]
     out.append(("outcomes by query type", columns, [tuple(r.values()) for r in report["outcomes"]]))
     if report["failures"]:
