@@ -463,7 +463,8 @@ def demo(
         str, typer.Option("--config", help="Config preset or TOML (model is set to the tiny one).")
     ] = "demo",
 ) -> None:
-    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work, report."""
+    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work,
+    report, and write the run explorer (its path is the last line printed)."""
     from egoqa.synth import write_synth_dataset
     from egoqa.tinymodel import build_tiny_model
 
@@ -485,7 +486,10 @@ def demo(
     _work_many(None, 1, "cpu", workers, None, "auto", True, None, None)
     status(run="demo", as_json=False)
     _demo_summary()
-    typer.echo(f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo", err=True)
+    from egoqa.cli_report import demo_explorer
+
+    page = demo_explorer(directory)
+    typer.echo(f"demo finished in {time.time() - t0:.0f}s; open {page} in a browser", err=True)
 
 
 def _demo_summary() -> None:

@@ -120,8 +120,9 @@ def cluster(
 ) -> None:
     """Group the run's queries by meaning (k-means, k by silhouette) and store it for `report`."""
     from egoqa.cli import emit_table, open_database
-    from egoqa.clusters import cluster_run
+    from egoqa.clusters import check_embeddings, cluster_run
 
+    check_embeddings(embeddings)
     result = cluster_run(open_database(), run, seed=seed, k=k, embeddings=embeddings)
     sizes = {c: result.assignments.count(c) for c in result.labels}
     rows = [(c, sizes[c], label) for c, label in result.labels.items()]
@@ -165,6 +166,19 @@ def enqueue_prior(
         f"{prior.model}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
         f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
     )
+
+
+def demo_explorer(directory: Path) -> Path:
+    """The demo's last step: cluster the demo run's queries, write its explorer, print the path."""
+    from egoqa.cli import open_database
+    from egoqa.clusters import cluster_run
+    from egoqa.explorer import write_explorer
+
+    db = open_database()
+    cluster_run(db, "demo")
+    page = write_explorer(db, "demo", directory / "explorer").absolute()
+    typer.echo(f"explorer: {page}")
+    return page
 
 
 def register(app: typer.Typer) -> None:
