@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from egoqa import __version__
@@ -55,9 +57,11 @@ def write_explorer(
         "items": _items(data, chains, clip_no, _compare_rows(db, compare)),
     }
     _write_js(site / "data" / "index.js", "EGOQA.index(", index)
-    for clip in clips:
-        n = clip_no[clip["clip_uid"]]
-        detail = _clip_detail(jobs, clip["clip_uid"], frames, notes.get(clip["clip_uid"]))
+    by_clip: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_clip.setdefault(job["clip_uid"], []).append(job)
+    for uid, n in clip_no.items():
+        detail = _clip_detail(by_clip.get(uid, []), frames, notes.get(uid))
         _write_js(site / "data" / f"clip-{n}.js", f"EGOQA.clip({n}, ", detail)
     return _page(site, run)
 
@@ -189,17 +193,20 @@ def _decode_all(wanted: dict, clips: dict, clip_no: dict, site: Path) -> dict[st
         return {}
     from egoqa.thumbnails import new_decoder, write_clip_thumbs
 
-    decoder = new_decoder()
-    return {
-        uid: write_clip_thumbs(decoder, clips[uid], sorted(times), site, f"thumbs/{clip_no[uid]}")
-        for uid, times in needed.items()
-    }
+    def one(uid: str) -> ClipThumbs:
+        folder = f"thumbs/{clip_no[uid]}"
+        return write_clip_thumbs(new_decoder(), clips[uid], sorted(needed[uid]), site, folder)
+
+    # decord decodes without the GIL: clips side by side, one decoder each.
+    with ThreadPoolExecutor(max(1, min(len(needed), os.cpu_count() or 1))) as pool:
+        return dict(zip(needed, pool.map(one, needed), strict=True))
 
 
-def _clip_detail(jobs: list[dict], clip_uid: str, frames: dict, note: str | None) -> dict:
+def _clip_detail(jobs: list[dict], frames: dict, note: str | None) -> dict:
+    """Every job of one clip's queries, once each (a per-clip turn serves them all)."""
     out: dict[str, dict] = {}
     for job in jobs:
-        if job["clip_uid"] != clip_uid or str(job["job_id"]) in out:
+        if str(job["job_id"]) in out:
             continue
         detail = {k: job[k] for k in ("turn", "turn_index", "state", "prompt", "response")}
         detail |= {k: job[k] for k in ("responses", "finish_reason", "error_kind", "error")}

@@ -18,6 +18,7 @@ SCRIPTS = {
     "enqueue_scale.py": "### Enqueue (stage_analysis, coarse preset), seconds",
     "worker_overhead.py": "### Worker wall time by part (tiny model, CPU)",
     "decoding.py": "### Dense 1 fps:",
+    "explorer_scale.py": "### Explorer size and load time",
 }
 
 

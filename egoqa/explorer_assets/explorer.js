@@ -325,6 +325,7 @@
       setupFilters();
       refilter();
       document.body.dataset.ready = "1";
+      document.body.dataset.readyMs = String(Math.round(performance.now()));  // for bench/
     },
     clip: function (n, detail) {
       clipDetail[n] = detail;

@@ -51,14 +51,3 @@ def save_clusters(
         cur.executemany(_INSERT, rows)
     return len(rows)
 
-
-def cluster_methods(db: Database, run: str) -> list[tuple[str, int, float]]:
-    """(method, clusters, computed at) of each clustering of the run, latest first."""
-    with db.read() as cur:
-        rows = cur.all(
-            """SELECT qc.method, COUNT(DISTINCT qc.cluster), MAX(qc.computed_at)
-                 FROM query_clusters qc JOIN runs r ON r.id = qc.run_id
-                WHERE r.name = :run GROUP BY qc.method ORDER BY 3 DESC, 1""",
-            {"run": run},
-        )
-    return [(m, int(k), float(t)) for m, k, t in rows]
