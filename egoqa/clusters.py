@@ -1,7 +1,7 @@
 """Queries grouped by meaning: TF-IDF (or sentence embeddings) + k-means, k by silhouette.
 
-The rule for k: every k from 2 to min(K_MAX, distinct texts - 1) is tried and the one with the
-highest mean silhouette (cosine) wins, ties to the smaller k; with fewer than 3 distinct texts
+The rule for k: every k from 2 to min(K_MAX, distinct vectors, texts - 1) is tried and the one
+with the highest mean silhouette (cosine) wins, ties to the smaller k; where that range is empty
 everything is one cluster. K_MAX = 16 keeps the breakdown readable (NLQ has 13 templates) and
 the search a few seconds on 4,548 queries. Each cluster is labelled with the words whose TF-IDF
 weight in the cluster exceeds their weight over all queries the most. Texts are clustered once
@@ -120,16 +120,19 @@ def _embed(texts: list[str], model_dir: Path):
 def _choose_k(vectors, seed: int) -> tuple[int, float | None]:
     from sklearn.metrics import silhouette_score
 
-    n = vectors.shape[0]
-    if n < 3:
+    # k-means makes at most as many clusters as there are different vectors (texts differing
+    # only in dropped words share one), and silhouette needs k < the number of points.
+    rows = vectors.shape[0]
+    limit = min(K_MAX, _distinct_rows(vectors), rows - 1)
+    if limit < 2:
         return 1, None
     from sklearn.metrics import pairwise_distances
 
     # Distances of one fixed-seed sample, computed once for every k tried.
-    sample = random.Random(seed).sample(range(n), min(n, SILHOUETTE_SAMPLE))
+    sample = random.Random(seed).sample(range(rows), min(rows, SILHOUETTE_SAMPLE))
     distances = pairwise_distances(vectors[sorted(sample)], metric="cosine")
     best: tuple[float, int] | None = None
-    for k in range(2, min(K_MAX, n - 1) + 1):
+    for k in range(2, limit + 1):
         ids = _kmeans(vectors, k, seed)
         labels = [ids[i] for i in sorted(sample)]
         if len(set(labels)) < 2:
@@ -138,6 +141,17 @@ def _choose_k(vectors, seed: int) -> tuple[int, float | None]:
         if best is None or value > best[0] + 1e-9:
             best = (value, k)
     return (1, None) if best is None else (best[1], best[0])
+
+
+def _distinct_rows(vectors) -> int:
+    """How many different vectors there are (k-means cannot make more clusters than that)."""
+    import numpy as np
+
+    if hasattr(vectors, "tocsr"):  # sparse TF-IDF: compare rows by their non-zero entries
+        csr = vectors.tocsr()
+        rows = (csr.getrow(i) for i in range(csr.shape[0]))
+        return len({(r.indices.tobytes(), np.round(r.data, 9).tobytes()) for r in rows})
+    return len(np.unique(np.round(np.asarray(vectors), 9), axis=0))
 
 
 def _kmeans(vectors, k: int, seed: int) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import sqlite3
+import warnings
 
 import pytest
 
@@ -169,3 +170,14 @@ def test_results_finds_a_querys_latest_cluster_by_index_seeks(db_path):
     clusters = [step for step in plan if "query_clusters" in step]
     assert clusters and all(s.startswith("SEARCH") for s in clusters), plan
     assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
+def test_k_is_at_most_the_number_of_different_vectors():
+    """Texts that differ only in numbers (not words) are one point to k-means: two templates
+    here, so k is 2 and k-means is never asked for more clusters than points (a warning)."""
+    texts = [f"Where is the cup #{i}?" for i in range(20)]
+    texts += [f"How many plates #{i}?" for i in range(20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = cluster_texts(texts, seed=0)
+    assert result.k == 2 and _partition(result.assignments) == _partition([0] * 20 + [1] * 20)

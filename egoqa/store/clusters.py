@@ -50,4 +50,3 @@ def save_clusters(
         ]
         cur.executemany(_INSERT, rows)
     return len(rows)
-

@@ -33,11 +33,13 @@ def run_jobs(db: Database, run: str) -> list[dict]:
     several queries (a per-clip turn) appears once per query. spec and responses are decoded."""
     with db.read() as cur:
         rows = cur.all(_JOBS, {"run": run})
-    out = []
+    out, decoded = [], {}
     for row in rows:
         job = dict(zip(_COLUMNS, row, strict=True))
-        job["spec"] = json.loads(job["spec"])
-        job["responses"] = json.loads(job["responses"]) if job["responses"] else []
+        if job["job_id"] not in decoded:  # a per-clip job repeats once per query of its clip
+            responses = json.loads(job["responses"]) if job["responses"] else []
+            decoded[job["job_id"]] = (json.loads(job["spec"]), responses)
+        job["spec"], job["responses"] = decoded[job["job_id"]]
         out.append(job)
     return out
 
