@@ -36,6 +36,7 @@ def write_explorer(
     db: Database, run: str, site: Path, compare: Sequence[str] = (), thumbs: int = 8
 ) -> Path:
     """Write the explorer of `run` (and the runs in `compare`) into `site`; returns index.html."""
+    _check_site(site)
     compare = [c for c in compare if c != run]
     built = rp.build(db, run, compare, require_finished=False)
     data = rp.load_run(db, run)
@@ -216,6 +217,23 @@ def _clip_detail(jobs: list[dict], frames: dict, note: str | None) -> dict:
 
 
 # --- files -------------------------------------------------------------------------------------
+
+GENERATOR = '<meta name="generator" content="egoqa explorer">'
+
+
+class ExplorerError(EgoqaError):
+    """The explorer cannot be written where asked; the message says where to write it instead."""
+
+
+def _check_site(site: Path) -> None:
+    """Refuse a file, or a folder whose index.html egoqa did not write (it would be replaced)."""
+    if site.exists() and not site.is_dir():
+        raise ExplorerError(f"--html {site} is a file: pass a directory (it is created if new)")
+    page = site / "index.html"
+    if page.is_file() and GENERATOR not in page.read_text(errors="replace"):
+        raise ExplorerError(
+            f"{page} exists and was not written by egoqa: pass a new or empty directory to --html"
+        )
 
 
 def _charts(built: dict, site: Path) -> list[str]:

@@ -10,18 +10,25 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from egoqa import report as rp
 from egoqa.clusters import cluster_run
+from egoqa.config import load_config
+from egoqa.dataset import load_nlq
 from egoqa.evaluate import parse_segments, union_length
+from egoqa.explorer import ExplorerError, write_explorer
+from egoqa.plan import enqueue_run
+from egoqa.priors import enqueue_prior_run, parse_prior
+from egoqa.prompts import load_style
 from egoqa.scoring import score_items
 from egoqa.store.db import open_db
 from egoqa.synth import read_frame_index, write_synth_dataset
 
-from conftest import Cli, enqueue_args
+from conftest import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_SEC, FPS = 24.0, 10  # the synthetic clips written below
@@ -80,12 +87,15 @@ def explored(tmp_path_factory) -> Explored:
     uids = [c["clip_uid"] for v in annotation["videos"] for c in v["clips"]]
     cli, db = Cli(root / "egoqa.db", root), root / "egoqa.db"
     (synth.videos / f"{uids[1]}.mp4").write_bytes(b"not a video " * 1000)
-    fake = ("--set", "backend=fake", "--run", "main")
-    cli(*enqueue_args(synth, "demo", *fake, "--limit", "9"))
+    config = load_config("demo", ["backend=fake"])
+    enqueue = partial(enqueue_run, config=config, style=load_style(config.style), run="main")
+    enqueue(open_db(db, create=True), load_nlq(synth.annotations, synth.videos, limit=9))
     cli("work", "--until-done")
     _make_unparseable(db, uids[0])
-    cli(*enqueue_args(synth, "demo", *fake))  # the run grows: clip 3's queries wait
-    cli(*enqueue_args(synth, "prior:whole_clip", "--run", "whole"))
+    everything = load_nlq(synth.annotations, synth.videos)
+    enqueue(open_db(db), everything)  # the run grows: clip 3's queries wait
+    whole = parse_prior("prior:whole_clip", [], None)
+    enqueue_prior_run(open_db(db), everything, whole, "whole", None)
     cluster_run(open_db(db), "main")
     (synth.videos / f"{uids[2]}.mp4").rename(root / "moved.mp4")
     site = root / "site"
@@ -179,6 +189,22 @@ print("PLAIN", plain, "HTML", html, "DECORD", "decord" in sys.modules)
     assert "PLAIN [] HTML [] DECORD True" in proc.stdout
     detail = _load(tmp_path / "site" / "data" / "clip-0.js", "EGOQA.clip(0, ")
     assert {len(j.get("f", [])) for j in detail["jobs"].values()} <= {0, 2}
+
+
+def test_an_index_html_egoqa_did_not_write_is_never_replaced(explored, tmp_path):
+    mine = tmp_path / "index.html"
+    mine.write_text("<p>my own page</p>")
+    proc = Cli(explored.db, explored.root)(
+        "report", "--run", "main", "--html", tmp_path, check=False
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "was not written by egoqa" in line, line
+    with pytest.raises(ExplorerError, match="is a file"):
+        write_explorer(open_db(explored.db, readonly=True), "main", mine)
+    assert mine.read_text() == "<p>my own page</p>" and sorted(tmp_path.iterdir()) == [mine]
+    # the explorer's own folder is rewritten in place
+    assert "egoqa explorer" in (explored.site / "index.html").read_text()
 
 
 # --- in a real browser --------------------------------------------------------------------------
