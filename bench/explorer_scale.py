@@ -15,7 +15,8 @@ first page of cards is drawn (`body[data-ready-ms]`); then a filter change, a se
 page and the opening of a card's turns (which loads its clip's data file) are timed in the page.
 
 Reproduce: `.venv/bin/python bench/explorer_scale.py` (2-4 minutes on 2 cores, plus about 30 s
-to render the 480 s clip once into `bench/.cache/`); `--quick` for a smoke run.
+to render the 480 s clip once into `bench/.cache/`); `--quick` for a smoke run (110 queries,
+one page load, one 60 s clip of 4 queries for thumbnails).
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ def browse(site: Path, loads: int) -> dict[str, float] | str:
     return out
 
 
-def thumbnail_cost(directory: Path, clips: int, queries: int, seconds: float) -> dict[str, float]:
+def thumbnail_cost(
+    directory: Path, clips: int, queries: int, seconds: float, repeats: int
+) -> dict[str, float]:
     """Thumbnails for `clips` clips of 480 s (one rendered 320x240 10 fps H.264 file), scaled to
     415 clips: the time of writing the explorer with them minus without them (best of two)."""
     from egoqa.synth import is_rendered, render_clip
@@ -222,7 +225,7 @@ def thumbnail_cost(directory: Path, clips: int, queries: int, seconds: float) ->
             )
     db, _ = build_run(directory / "thumbs", data, run="thumbs", problems=False)
     took: dict[int, list[float]] = {}
-    for limit in (0, 8, 0, 8):  # interleaved; the difference is the thumbnails' own cost
+    for limit in (0, 8) * repeats:  # interleaved; the difference is the thumbnails' own cost
         t0 = time.perf_counter()
         write_explorer(db, "thumbs", directory / f"site-{limit}", thumbs=limit)
         took.setdefault(limit, []).append(time.perf_counter() - t0)
@@ -241,10 +244,10 @@ def thumbnail_cost(directory: Path, clips: int, queries: int, seconds: float) ->
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1/10 of the shape, one load")
+    parser.add_argument("--quick", action="store_true", help="110 queries, one load")
     parser.add_argument("--loads", type=int, default=5, help="page loads in Chromium")
     args = parser.parse_args(argv)
-    shape = dict(videos=30, clips=40, queries=440, no_text=1, repeats=7) if args.quick else {}
+    shape = dict(videos=8, clips=10, queries=110, no_text=1, repeats=2) if args.quick else {}
     loads = 1 if args.quick else args.loads
     print(banner("explorer_scale", argv))
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,7 +261,7 @@ def main(argv: list[str]) -> None:
         written = time.perf_counter() - t0
         sizes = site_sizes(directory / "site")
         browsed = browse(directory / "site", loads)
-        thumbs = thumbnail_cost(directory, *((1, 11, 60.0) if args.quick else (5, 11, 480.0)))
+        thumbs = thumbnail_cost(directory, *((1, 4, 60.0, 1) if args.quick else (5, 11, 480.0, 2)))
     print(f"\n{len(data.queries)} queries; jobs {counts}; planted and scored in {built:.1f} s\n")
     print(table("Explorer size and load time", ["measure", "value"], [
         ("write the explorer (no thumbnails), s", written), *sizes.items(),

@@ -144,7 +144,7 @@ def enqueue(
         typer.Option(
             "--config",
             "-c",
-            help="Preset name (baseline, coarse, dense, coarse_cot, demo) or TOML file.",
+            help="Preset name (baseline, coarse, dense, coarse_cot, demo), TOML file, or prior:NAME.",
         ),
     ],
     metadata: Annotated[
@@ -314,6 +314,8 @@ def work(
     """Run workers: claim batches, generate, write back. Resumable; Ctrl-C releases held jobs."""
     if batch_size != "auto" and not batch_size.isdigit():
         raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
+    if model is not None and model.startswith("prior:"):
+        raise EgoqaError(f"{model} is a prior baseline, computed at enqueue: it needs no worker")
     if single or (gpus is None and workers == 1):
         _work_single(model, batch_size, device, until_done, lease, max_batches, supervised=single)
         return

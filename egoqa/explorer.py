@@ -98,7 +98,6 @@ def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) 
             "p": row["template"] or "(none)",
             "k": rp.cluster_name(row),
             "g": None if row["gt_start"] is None else [row["gt_start"], row["gt_end"]],
-            "s": rp.status_of(row),
             "st": row["state"],
             "o": rp.outcome_of(row),
             "u": row["iou_top1"],
@@ -113,9 +112,10 @@ def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) 
 
 
 def _problem(row: dict, chain: list[dict]) -> dict:
-    """Why a query has no scored prediction: the failure at its root, or the unparsed answer."""
+    """Why a query has no scored prediction: the failure at its root, or the unparsed answer.
+    (A turn after the graded one that failed shows in the card's turns, not as the outcome.)"""
     failed = [job for job in chain if job["state"] in ("failed", "cancelled")]
-    if failed:
+    if failed and rp.status_of(row) == "failed":
         first = failed[0]
         kind = first["error_kind"] or "failed"
         return {"e": f"turn {first['turn']!r} {first['state']} ({kind}): {first['error'] or ''}"}

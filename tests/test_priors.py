@@ -13,6 +13,7 @@ import pytest
 from egoqa.dataset import load_nlq
 from egoqa.evaluate import union_length
 from egoqa.priors import enqueue_prior_run, parse_prior
+from egoqa.report import export_nlq
 from egoqa.store.db import open_db
 
 from conftest import enqueue_args
@@ -51,8 +52,13 @@ def test_whole_clip_prior_is_done_at_enqueue_and_covers_every_query(cli, synth, 
     con.close()
     work = cli("work", "--until-done")
     assert "nothing to do" in work.stderr
+    asked = cli("work", "--model", "prior:whole_clip", check=False)
+    assert asked.returncode == 1 and "needs no worker" in asked.stderr
+    assert "Traceback" not in asked.stderr
     summary = cli.json("report", "--run", "prior:whole_clip")["summary"]
     assert summary["coverage"] == 1.0 and summary["pred_length"] == pytest.approx(1.0)
+    exported = export_nlq(open_db(db_path, readonly=True), "prior:whole_clip")["results"]
+    assert [p["predicted_times"] for p in exported] == [[[0.0, CLIP_SEC]]] * 13
 
 
 def test_uniform_random_is_seeded_per_query(synth, db_path):

@@ -1,7 +1,7 @@
 /* egoqa run explorer. data/index.js calls EGOQA.index(data); opening a card's turns loads
    data/clip-N.js, which calls EGOQA.clip(N, detail). Plain scripts (no modules, no fetch):
    the page works from file://. Item fields: c clip number, a annotation_uid, x query_idx,
-   q text, t type, p template, k cluster, g ground truth [s, e], s status, st job state,
+   q text, t type, p template, k cluster, g ground truth [s, e], st graded job's state,
    o outcome, u top-1 tIoU, w ranked windows, n other samples' windows, j job id per turn,
    e error, r unparsed response, cmp per compared run {o, ok, u, w}. */
 (function () {
