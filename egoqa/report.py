@@ -329,17 +329,14 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     if s["unscored"]:
         rows.append(("unscored (run with --rescore)", s["unscored"]))
     rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
-    rows.insert(rows.index(("coverage %", _pct(s["coverage"]))) + 1, _length_row(s))
+    at = [r[0] for r in rows].index("coverage %") + 1  # what the coverage cost, beside it
+    rows.insert(at, (METRIC_NAMES["pred_length"][0], _pct(s["pred_length"])))
     if s["best_of_n"]:
         label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
         rows += [
             (f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS
         ]
     return ["metric", "value"], rows
-
-
-def _length_row(s: dict) -> tuple[str, str]:
-    return (METRIC_NAMES["pred_length"][0], _pct(s["pred_length"]))
 
 
 def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]]:
