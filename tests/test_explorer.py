@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -272,8 +271,12 @@ def test_the_explorer_works_in_chromium(explored, browser, tmp_path):
     assert problems == []
     shot = _screenshot(page, explored, tmp_path / "explorer.png")
     assert problems == [] and shot.stat().st_size > 10_000
-    if os.environ.get("EGOQA_WRITE_SCREENSHOT"):  # refresh the README's picture
-        shutil.copyfile(shot, ROOT / "docs" / "explorer.png")
+    if os.environ.get("EGOQA_WRITE_SCREENSHOT"):  # refresh the README's picture, kept small
+        from PIL import Image
+
+        with Image.open(shot) as image:
+            small = image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+            small.save(ROOT / "docs" / "explorer.png", optimize=True)
 
 
 def _check_timeline(page, explored) -> None:
