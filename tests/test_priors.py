@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from egoqa.clusters import cluster_run
 from egoqa.dataset import load_nlq
 from egoqa.evaluate import union_length
 from egoqa.priors import enqueue_prior_run, parse_prior
 from egoqa.report import export_nlq
+from egoqa.store import queue
 from egoqa.store.db import open_db
 
 from conftest import enqueue_args
+from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 CLIP_SEC = 24.0  # the synthetic clips' length (conftest's `synth`)
 
@@ -150,3 +153,25 @@ def test_union_length_counts_overlapping_windows_once():
     assert union_length([[0, 4], [2, 6], [10, 11, 7.0]]) == 7
     assert union_length([[5, 5], [1, 2]]) == 1
     assert union_length([]) == 0
+
+
+@pytest.mark.postgres
+def test_a_prior_run_and_its_clusters_read_the_same_on_postgresql(synth, db_path, postgres_url):  # noqa: F811
+    data = load_nlq(synth.annotations, synth.videos)
+    prior = parse_prior("prior:uniform_random", ["seed=7"], None)
+    select = """SELECT clip_uid, annotation_uid, query_idx, state, response, segments, correct,
+                       iou_top1, outcome, clip_duration, cluster, cluster_label, cluster_method
+                  FROM results ORDER BY clip_uid, annotation_uid, query_idx"""
+    seen = []
+    for url in (str(db_path), postgres_url):
+        db = open_db(url, create=True)
+        enqueue_prior_run(db, data, prior, "r", None)
+        cluster_run(db, "r", k=3)
+        assert queue.claim(db, "a-worker", prior.model, n=100, lease_s=60).jobs == []
+        with db.read() as cur:
+            seen.append([tuple(row) for row in cur.all(select)])
+        db.dispose()
+    sqlite_rows, pg_rows = seen
+    assert len(sqlite_rows) == 13 and {r[3] for r in sqlite_rows} == {"done"}
+    assert {r[10] for r in sqlite_rows} == {0, 1, 2}
+    assert pg_rows == sqlite_rows
