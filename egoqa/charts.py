@@ -1,4 +1,4 @@
-"""PNG charts of a report: accuracy by query type and by template with n per bar, runs compared.
+"""PNG charts of a report: accuracy by query type, template and cluster with n per bar, runs compared.
 
 matplotlib's Agg canvas is used directly: no pyplot, no global backend state.
 """
@@ -67,13 +67,15 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
     if not report["summary"]["ground_truth"]:
         return []
     run, paths = report["summary"]["run"], []
-    for key in ("query_type", "template"):
-        records = report["by_" + key]
+    for key in ("query_type", "template", "cluster"):
+        records = report.get("by_" + key)
+        if not records:
+            continue
         labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
         series = {METRIC_NAMES[m][0]: [r[m] for r in records] for m in _CHART_METRICS}
         title = f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)"
         paths.append(
-            _chart(out_dir / f"accuracy_by_{key}.png", title, labels, series, key == "template")
+            _chart(out_dir / f"accuracy_by_{key}.png", title, labels, series, key != "query_type")
         )
     if report["compare"]:
         labels = [f"{r['run']} (n={r['n']})" for r in report["compare"]]

@@ -107,7 +107,7 @@ def enqueue(
         typer.Option(
             "--config",
             "-c",
-            help="Preset name (baseline, coarse, dense, coarse_cot, demo) or TOML file.",
+            help="Preset name (baseline, coarse, dense, coarse_cot, demo), TOML file, or prior:NAME.",
         ),
     ],
     metadata: Annotated[
@@ -131,8 +131,24 @@ def enqueue(
     ] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
+    fit: Annotated[
+        Path | None,
+        typer.Option(
+            "--fit", help="Training annotations a prior learns from (prior:length_prior)."
+        ),
+    ] = None,
 ) -> None:
-    """Plan a run: read the annotations, write clips, queries and jobs. Idempotent."""
+    """Plan a run: read the annotations, write clips, queries and jobs. Idempotent.
+
+    `--config prior:whole_clip|uniform_random|length_prior` computes a prior-only baseline now.
+    """
+    if config.startswith("prior:") or fit is not None:
+        from egoqa.cli_report import enqueue_prior
+
+        enqueue_prior(
+            annotations, videos, config, metadata, run, set_, limit, recompute, fit, as_json
+        )
+        return
     from egoqa.config import load_config
     from egoqa.dataset import load_nlq, require_queries
     from egoqa.plan import enqueue_run
@@ -297,6 +313,8 @@ def work(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run workers: claim batches, generate, write back. Resumable; Ctrl-C releases held jobs."""
+    if model is not None and model.startswith("prior:"):
+        raise EgoqaError(f"{model} is a prior baseline, computed at enqueue: it needs no worker")
     if gpus is not None and not single:
         _refuse_gpus_in_use(gpus)  # first: other workers on this host may hold them
     groups = _check_work_options(gpus, gpus_per_worker, device, workers, batch_size, single)

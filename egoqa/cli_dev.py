@@ -78,7 +78,8 @@ def demo(
     ] = "demo",
     verbose: VerboseOpt = 0,
 ) -> None:
-    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work, report."""
+    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work,
+    report, and write the run explorer (its path is the last line printed)."""
     from egoqa.cli import _work_many, enqueue, quiet_hugging_face, status
     from egoqa.synth import write_synth_dataset
     from egoqa.tinymodel import build_tiny_model
@@ -108,7 +109,14 @@ def demo(
     _work_many(None, "cpu", workers, (None, None), "auto", True, None, None)
     status(run="demo", as_json=False)
     _demo_summary()
-    typer.echo(f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo", err=True)
+    from egoqa.cli_report import demo_explorer
+
+    page = demo_explorer(directory)
+    typer.echo(
+        f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo, and open "
+        f"{page} in a browser",
+        err=True,
+    )
 
 
 def _demo_summary() -> None:

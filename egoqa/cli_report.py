@@ -1,6 +1,8 @@
-"""The `report` and `export` commands: parse, call egoqa.report / egoqa.export, render.
+"""The reading side's commands: `report` (tables, files, the HTML explorer), `export`, `cluster`,
+and the enqueue of prior-only baselines (runs that need no model).
 
-Both read the database only (`--rescore` aside) and never import torch, transformers or decord.
+`report` and `export` read the database only (`--rescore` aside) and never import torch,
+transformers or decord (`--html` imports the frame decoder for thumbnails, and only then).
 `egoqa.cli` is imported inside the commands: it imports this module while it is being built.
 """
 
@@ -53,8 +55,17 @@ def report(
         ),
     ] = Scoring.EGOQA,
     verbose: VerboseOpt = 0,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the run explorer (a static site: DIR/index.html)."),
+    ] = None,
+    thumbs: Annotated[
+        int,
+        typer.Option("--thumbs", min=0, help="With --html: frame thumbnails per turn (0: none)."),
+    ] = 8,
 ) -> None:
-    """A run's metrics: overall, by query type, by template, outcomes, failures (every query counts)."""
+    """A run's metrics: overall, by query type, template and cluster, outcomes, failures (every
+    query counts); `--html DIR` writes a browsable explorer of every query."""
     from egoqa import report as rp
     from egoqa.cli import emit_table, open_database
     from egoqa.report_files import write
@@ -66,7 +77,12 @@ def report(
     db = open_database(readonly=not rescore)
     if rescore:
         typer.echo(f"rescored {rp.rescore(db, run)} queries of run {run}", err=True)
-    built = rp.build(db, run, compare or ())
+    if html is not None:
+        from egoqa.explorer import write_explorer
+
+        page = write_explorer(db, run, html, compare or (), thumbs=thumbs)
+        typer.echo(f"wrote the explorer: {page}", err=True)
+    built = rp.build(db, run, compare or (), require_finished=html is None)
     if out is not None:
         for path in write(db, built, out):
             typer.echo(f"wrote {path}", err=True)
@@ -177,7 +193,85 @@ def _export_summary(done, run: str, output: Path | None) -> str:
     return line
 
 
+def cluster(
+    run: RunName,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--embeddings",
+            help="A local sentence-transformers model directory (default: TF-IDF of the words).",
+        ),
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, help="Number of clusters (default: by silhouette).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
+) -> None:
+    """Group the run's queries by meaning (k-means, k by silhouette) and store it for `report`."""
+    from egoqa.cli import emit_table, open_database
+    from egoqa.clusters import check_embeddings, cluster_run
+
+    check_embeddings(embeddings)
+    result = cluster_run(open_database(), run, seed=seed, k=k, embeddings=embeddings)
+    sizes = {c: result.assignments.count(c) for c in result.labels}
+    rows = [(c, sizes[c], label) for c, label in result.labels.items()]
+    emit_table(f"run {run}: {result.k} clusters ({result.method})", ["cluster", "n", "words"], rows)
+
+
+def enqueue_prior(
+    annotations: Path,
+    videos: Path,
+    config: str,
+    metadata: Path | None,
+    run: str | None,
+    overrides: list[str] | None,
+    limit: int | None,
+    recompute: bool,
+    fit: Path | None,
+    as_json: bool,
+) -> None:
+    """`egoqa enqueue --config prior:NAME`: predictions written and scored now, no worker needed."""
+    from egoqa.cli import open_database
+    from egoqa.dataset import load_nlq
+    from egoqa.errors import ConfigError
+    from egoqa.priors import enqueue_prior_run, is_prior, parse_prior
+
+    if not is_prior(config):
+        raise ConfigError(f"--fit is for prior runs (--config prior:length_prior), not {config!r}")
+    if recompute:
+        raise ConfigError(
+            "--recompute: a prior run is computed at enqueue; there is no job to redo"
+        )
+    prior = parse_prior(config, list(overrides or ()), fit)
+    dataset = load_nlq(annotations, videos, metadata, limit=limit)
+    name = run or config
+    plan = enqueue_prior_run(open_database(create=True), dataset, prior, name, str(annotations))
+    if as_json:
+        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(plan.skipped.items())) or "none"
+    typer.echo(
+        f"run {plan.run}: {plan.queries} queries on {plan.clips} clips (skipped: {skipped})\n"
+        f"{prior.model}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
+        f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
+    )
+
+
+def demo_explorer(directory: Path) -> Path:
+    """The demo's last step: cluster the demo run's queries, write its explorer, print the path."""
+    from egoqa.cli import open_database
+    from egoqa.clusters import cluster_run
+    from egoqa.explorer import write_explorer
+
+    db = open_database()
+    cluster_run(db, "demo")
+    page = write_explorer(db, "demo", directory / "explorer").absolute()
+    typer.echo(f"explorer: {page}")
+    return page
+
+
 def register(app: typer.Typer) -> None:
-    """Add `report` and `export` to the egoqa app."""
+    """Add `report`, `export` and `cluster` to the egoqa app."""
     app.command()(report)
     app.command()(export)
+    app.command()(cluster)

@@ -221,6 +221,19 @@ def load_nlq(
     )
 
 
+def load_answer_windows(annotations: Path) -> Dataset:
+    """Clips and queries of an annotation file without looking for its videos: what a prior
+    learns from (answer windows and clip lengths). Records without a window are skipped."""
+    annotations = Path(annotations)
+    data = _read_json(annotations, "annotation file")
+    loader = _WindowsOnly(Path(), frozenset(), {}, None)
+    loader.load(_videos_list(data, annotations, "annotation file"))
+    version = data.get("version")
+    return Dataset(
+        loader.clips, loader.queries, loader.skipped, None if version is None else str(version)
+    )
+
+
 @dataclass
 class _Loader:
     videos: Path
@@ -458,3 +471,10 @@ def _json_safe(value: Any) -> bool:
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _WindowsOnly(_Loader):
+    """A loader that never needs the video file (the clip's length comes from the record)."""
+
+    def find_video(self, clip_uid: str, video_uid, video_start) -> tuple[Path, float]:
+        return Path(f"{clip_uid}.mp4"), 0.0

@@ -147,6 +147,17 @@ def score(segments: list[Segment], gt_start: float, gt_end: float) -> Scores:
     )
 
 
+def union_length(windows: Iterable) -> float:
+    """Seconds covered by the union of windows ([start, end, ...] each; overlaps counted once)."""
+    total, reach = 0.0, None
+    for start, end, *_ in sorted(windows):
+        if reach is None or start > reach:
+            total, reach = total + (end - start), end
+        elif end > reach:
+            total, reach = total + (end - reach), end
+    return total
+
+
 def failed_scores() -> Scores:
     """The scores of a query whose job failed: a miss on every metric."""
     return Scores(False, 0.0, False, False, False, False, Outcome.FAILED, 0)

@@ -60,8 +60,10 @@ class Recorder:
         for item, res in done:
             kept = _kept_sample(item, res)
             if kept is None:
+                # Not retried: sampling is seeded by the job's key, so a retry would draw the
+                # same empty answer (and greedy search is deterministic anyway).
                 msg = "the model generated no text"
-                self.fail(claim, item.job.id, "empty_generation", msg, retryable=True)
+                self.fail(claim, item.job.id, "empty_generation", msg)
                 continue
             completions.append(self._completion(item, res, kept))
             if item.job.spec.get("graded"):

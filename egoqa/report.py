@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egoqa.errors import EgoqaError
-from egoqa.evaluate import Outcome, Scores, failed_scores, summarize
+from egoqa.evaluate import Outcome, Scores, failed_scores, summarize, union_length
 from egoqa.store import skips
 from egoqa.store.db import Database
 from egoqa.store.read import run_exists
@@ -34,6 +34,7 @@ METRIC_NAMES = {
     "r5_05": ("R@5 IoU>0.5", "R5@.5"),
     "mean_r1": ("mean R@1", "mR1"),
     "miou": ("mIoU", "mIoU"),
+    "pred_length": ("mean predicted length, % of clip", "len"),
 }
 
 
@@ -149,6 +150,10 @@ def require_scorable(data: RunData) -> None:
         )
 
 
+def _finished(data: RunData) -> None:
+    require_finished(data)
+
+
 def require_finished(data: RunData) -> None:
     counts = _counts(data.rows)
     if counts["done"] + counts["failed"] == 0:
@@ -184,6 +189,17 @@ def metrics(rows: Sequence[dict], best: bool = False) -> dict[str, float]:
     return {k: out[k] for k in (BEST_METRICS if best else METRICS)}
 
 
+def pred_length(rows: Sequence[dict]) -> float | None:
+    """Mean length of the predicted segments (their union) as a fraction of the clip, over the
+    queries with a prediction: beside coverage it shows what a score cost (the whole clip is 1)."""
+    fractions = [
+        union_length(json.loads(r["segments"])) / r["clip_duration"]
+        for r in rows
+        if r["segments"] not in (None, "[]") and r.get("clip_duration")
+    ]
+    return sum(fractions) / len(fractions) if fractions else None
+
+
 def _counts(rows: Sequence[dict]) -> dict[str, int]:
     status = Counter(map(status_of, rows))
     return {"n": len(rows), **{k: status[k] for k in ("done", "failed", "pending")}}
@@ -205,6 +221,7 @@ def summary(data: RunData) -> dict[str, Any]:
         "ground_truth": truth,
     }
     out |= metrics(data.rows) if truth else dict.fromkeys(METRICS)
+    out["pred_length"] = pred_length(data.rows)
     out["best_of_n"] = metrics(data.rows, best=True) if truth and data.samples > 1 else None
     return out
 
@@ -213,16 +230,28 @@ def _label(value: str | None) -> str:
     return value or "(none)"  # no template, or a query without a first word
 
 
-def _breakdown(data: RunData, key: str) -> list[dict]:
+def cluster_name(row: dict) -> str | None:
+    """A query's cluster as the report shows it: its number and its words."""
+    return None if row.get("cluster") is None else f"{row['cluster']}: {row['cluster_label']}"
+
+
+def _breakdown(data: RunData, key: str, value=None) -> list[dict]:
     import pandas as pd
 
-    frame = pd.DataFrame({key: [_label(r[key]) for r in data.rows]})
+    frame = pd.DataFrame({key: [_label(value(r) if value else r[key]) for r in data.rows]})
     out = []
-    for value, positions in frame.groupby(key, sort=True).indices.items():
+    for label, positions in frame.groupby(key, sort=True).indices.items():
         rows = [data.rows[i] for i in positions]
-        scores = metrics(rows) if data.ground_truth else {}
-        out.append({key: value, **_counts(rows), **scores})
+        scores = metrics(rows) | {"pred_length": pred_length(rows)} if data.ground_truth else {}
+        out.append({key: label, **_counts(rows), **scores})
     return sorted(out, key=lambda r: -r["n"])
+
+
+def _by_cluster(data: RunData) -> list[dict]:
+    """The breakdown by semantic cluster (`egoqa cluster`), or [] when the run has none."""
+    if not any(r.get("cluster") is not None for r in data.rows):
+        return []
+    return _breakdown(data, "cluster", cluster_name)
 
 
 def outcomes(data: RunData) -> list[dict]:
@@ -292,23 +321,29 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
         if not data.graded:
             require_scorable(data)
         s = summary(data)
-        keys = ("n", "done", "failed", "pending", *METRICS, "best_of_n")
+        keys = ("n", "done", "failed", "pending", *METRICS, "pred_length", "best_of_n")
         out.append({"run": run, **{k: s[k] for k in keys}})
     return out
 
 
-def build(db: Database, run: str, compare_with: Sequence[str] = ()) -> dict[str, Any]:
+def build(
+    db: Database, run: str, compare_with: Sequence[str] = (), *, require_finished: bool = True
+) -> dict[str, Any]:
     """Everything `egoqa report` shows: the summary and every breakdown, as plain data."""
     data = load_run(db, run)
-    require_finished(data)
+    if require_finished:
+        _finished(data)
     if not data.graded:
         from egoqa.answers import answers_report
 
         return answers_report(data)
+    methods = {r.get("cluster_method") for r in data.rows} - {None}
     return {
         "summary": summary(data),
         "by_query_type": _breakdown(data, "query_type"),
         "by_template": _breakdown(data, "template"),
+        "by_cluster": _by_cluster(data),
+        "cluster_method": min(methods) if methods else None,
         "by_clip": _breakdown(data, "clip_uid"),
         "outcomes": outcomes(data),
         "failures": failures(db, data),

@@ -44,6 +44,8 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
         rows.append(("ground truth", "none (a test split): no scores"))
         return ["metric", "value"], rows
     rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
+    at = [r[0] for r in rows].index("coverage %") + 1  # what the coverage cost, beside it
+    rows.insert(at, (METRIC_NAMES["pred_length"][0], _pct(s.get("pred_length"))))
     if s["best_of_n"]:
         label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
         rows += [
@@ -54,7 +56,8 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
 
 # Done, mean R@1 and Recall@5 are left to the summary and --json: beside them a template name
 # would get only a few characters of an 80-column terminal.
-_BREAKDOWN_METRICS = ("coverage", "r1_03", "r1_05", "miou")
+# "len" (mean predicted length, % of the clip) sits beside coverage: what a coverage cost.
+_BREAKDOWN_METRICS = ("coverage", "pred_length", "r1_03", "r1_05", "miou")
 
 
 def _metric_table(records: list[dict], key: str) -> tuple[list[str], list[tuple]]:
@@ -93,6 +96,9 @@ def tables(report: dict) -> list[TableSpec]:
     for key in ("query_type", "template"):
         columns, rows = _metric_table(report["by_" + key], key)
         out.append(TableSpec(f"by {key.replace('_', ' ')}{unit}", columns, rows, True))
+    if report.get("by_cluster"):
+        title = f"by cluster of meaning ({report['cluster_method']}{', %' if unit else ''})"
+        out.append(TableSpec(title, *_metric_table(report["by_cluster"], "cluster"), True))
     if report["outcomes"]:
         columns = list(report["outcomes"][0])
         rows = [tuple(r.values()) for r in report["outcomes"]]

@@ -19,6 +19,7 @@ SCRIPTS = {
     "worker_overhead.py": "### Worker wall time by part (tiny model, CPU)",
     "decoding.py": "### Dense 1 fps:",
     "seeded_sampling.py": "### Logits step at vocabulary 152,064",
+    "explorer_scale.py": "### Explorer size and load time",
 }
 
 

@@ -37,12 +37,15 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("egoqa-*.whl"))
 
 
-def test_the_wheel_ships_the_alembic_environment_migrations_presets_and_styles(wheel):
+def test_the_wheel_ships_the_alembic_environment_migrations_presets_styles_and_explorer(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     migrations = sorted(p.name for p in (ROOT / "migrations").glob("*.py"))
     assert {"egoqa/_alembic/env.py", "egoqa/_alembic/script.py.mako"} <= names
     assert {f"egoqa/_migrations/{m}" for m in migrations} <= names
     assert {"egoqa/presets/demo.toml", "egoqa/styles/stage_analysis.toml"} <= names
+    assets = {f"egoqa/explorer_assets/{p.name}" for p in (ROOT / "egoqa/explorer_assets").iterdir()}
+    assert {"egoqa/explorer_assets/index.html", "egoqa/explorer_assets/explorer.js"} <= assets
+    assert assets <= names  # the explorer's page, script and style: nothing fetched at view time
 
 
 def test_an_installed_egoqa_creates_and_checks_its_schema(wheel, tmp_path):

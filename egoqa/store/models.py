@@ -261,3 +261,18 @@ class SkippedRecord(Base):
     query_idx: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text)
+
+
+class QueryCluster(Base):
+    """A run's queries grouped by meaning: one row per (run, method, query), with its cluster's
+    label (the most characteristic words). The `results` view joins the run's latest method."""
+
+    __tablename__ = "query_clusters"
+    __table_args__ = (Index("ix_query_clusters_latest", "run_id", "computed_at", "method"),)
+    # (run, query) first: `results` looks a row up by them, then picks the method
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("queries.id"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cluster: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(Text)
+    computed_at: Mapped[float] = mapped_column(Float)
