@@ -31,6 +31,13 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
 
 
+# A sampled job's seed comes from its key, and the key names the tiny model's directory, which is
+# new each session: so now and then a random-weight model ends a sampled answer at once. That job
+# fails as an empty generation (never cached as good) and its dependents fail upstream. Tests
+# about something else accept exactly these two failures, and no other.
+RANDOM_WEIGHT_FAILURES = ("empty_generation", "upstream")
+
+
 def copy_db(src: Path, dst: Path) -> None:
     """A consistent copy of a SQLite database, WAL included (the backup API)."""
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:

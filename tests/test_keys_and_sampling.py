@@ -112,6 +112,7 @@ def test_a_changed_query_text_or_video_repoints_the_run_at_new_jobs(tmp_path, da
 def test_two_dtypes_of_one_model_run_each_in_their_own(tmp_path, data, tiny_model):
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     model = ("--set", f"model={json.dumps(str(tiny_model))}", "--set", "style=baseline")
+    model += ("--set", "generation.do_sample=false")  # greedy: the same answers every session
     for dtype in ("float32", "bfloat16"):
         cli(*enqueue_args(data, "demo", *model, "--set", f"dtype={dtype}", "--run", dtype))
     for _ in range(2):  # each worker serves one engine: the one with most pending jobs
@@ -204,7 +205,8 @@ def test_a_sampled_request_draws_the_same_text_alone_in_a_batch_and_in_any_order
 
 def _worker_answers(db_path: Path) -> dict[str, list[str]]:
     with open_db(db_path).read() as cur:
-        return {k: json.loads(r) for k, r in cur.all("SELECT key, responses FROM jobs")}
+        rows = cur.all("SELECT key, responses FROM jobs")
+    return {k: json.loads(r) if r else None for k, r in rows}
 
 
 @pytest.mark.model
@@ -235,10 +237,11 @@ def test_sampled_answers_do_not_depend_on_batch_size_or_an_out_of_memory_split(
             monkeypatch.setenv("EGOQA_INJECT_OOM_ABOVE", str(oom_above))
         stats = Worker(db, served, backend, WorkerOptions(batch_size=size, until_done=True)).run()
         monkeypatch.delenv("EGOQA_INJECT_OOM_ABOVE", raising=False)
-        assert stats.failed == 0 and (stats.oom_splits > 0) == bool(oom_above)
-        answers[name] = _worker_answers(tmp_path / f"{name}.db")
+        # a sample ended at once by the random weights fails the job the same way in every run
+        assert stats.failed <= stats.done and (stats.oom_splits > 0) == bool(oom_above)
+        answers[name] = (stats.failed, _worker_answers(tmp_path / f"{name}.db"))
     assert answers["one"] == answers["four"] == answers["split"]
-    assert any(len(set(v)) > 1 for v in answers["one"].values()), "no turn sampled anything"
+    assert any(v and len(set(v)) > 1 for v in answers["one"][1].values()), "nothing was sampled"
 
 
 @pytest.mark.model

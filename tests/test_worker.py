@@ -13,7 +13,7 @@ from egoqa.store.db import open_db
 from egoqa.synth import write_synth_dataset
 from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
-from conftest import enqueue_args
+from conftest import RANDOM_WEIGHT_FAILURES, enqueue_args
 
 pytestmark = pytest.mark.model
 
@@ -53,10 +53,8 @@ def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(
     enqueue(cli, small, tiny_model)
     cli("work", "--until-done")
     rows = jobs(db_path)
-    # Random weights now and then end a sampled answer at once: that job fails, recorded as an
-    # empty generation (its dependents as upstream failures); everything else is done.
     assert rows and all(
-        r["state"] == "done" or r["error_kind"] in ("empty_generation", "upstream") for r in rows
+        r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows
     )
     assert sum(r["state"] == "done" for r in rows) >= len(rows) // 2
     by_key = {r["key"]: r for r in rows}
@@ -88,7 +86,10 @@ def test_per_clip_turns_run_once_per_clip(cli, small, tiny_model, db_path):
     per_clip = [r for r in rows if r["turn_name"] in ("scenario", "transitions")]
     assert len(per_clip) == 2 * 2
     counts = results_per_job(db_path)
-    assert all(counts[r["id"]] == 1 for r in rows)
+    assert all(r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows)
+    # each job computed once: one result for a done job, none for one that failed
+    assert all(counts.get(r["id"], 0) == (r["state"] == "done") for r in rows)
+    assert sum(counts.values()) >= len(rows) // 2
 
 
 def test_a_clip_is_decoded_once_per_worker_however_many_turns_and_queries_use_it(
@@ -119,9 +120,9 @@ template = "{again} Q: {query} Frames at {timestamps}."
     from egoqa.prompts import load_style
 
     db = open_db(db_path, create=True)
-    cfg = load_config(
-        "demo", [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"]
-    )
+    overrides = [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"]
+    # greedy: every turn gives the same (non-empty) answer in every session, so all ten are done
+    cfg = load_config("demo", [*overrides, "generation.do_sample=false"])
     ds = load_nlq(small.annotations, small.videos)
     enqueue_run(db, ds, cfg, load_style(str(style)), "three")
     served = resolve_engine(db)
@@ -163,7 +164,8 @@ def test_an_oom_above_k_is_split_until_it_fits_and_k_is_learned(cli, small, tiny
     p = cli("work", "--until-done", env={"EGOQA_INJECT_OOM_ABOVE": "2"})
     assert "OOM splits" in p.stderr
     rows = jobs(db_path)
-    assert all(r["state"] == "done" for r in rows) and max(r["batch_size"] for r in rows) == 2
+    assert all(r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows)
+    assert max(r["batch_size"] or 0 for r in rows) == 2
     db = open_db(db_path)
     with db.read() as cur:
         limits = cur.all("SELECT media_key, max_ok, min_fail FROM batch_limits")
@@ -223,5 +225,5 @@ def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(
     assert held >= 1  # it died holding leases
     cli("work", "--until-done", "--lease", "3")
     rows = jobs(db_path)
-    assert all(r["state"] == "done" for r in rows)
+    assert all(r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows)
     assert all(n == 1 for n in results_per_job(db_path).values())
