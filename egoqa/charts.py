@@ -74,6 +74,8 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
         labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
         series = {METRIC_NAMES[m][0]: [r[m] for r in records] for m in _CHART_METRICS}
         title = f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)"
+        if report["summary"].get("oracle"):
+            title += "\n(oracle zoom: the ground truth chose each window)"
         paths.append(
             _chart(out_dir / f"accuracy_by_{key}.png", title, labels, series, key != "query_type")
         )

@@ -210,12 +210,17 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     ]
     if as_json:
         doc = {"progress": table.records(), "jobs": st.job_states(db)}
-        typer.echo(json.dumps(doc | {"engines": engines.records(), "held": held}, indent=2))
+        doc |= {"engines": engines.records(), "held": held, "zoom_stops": st.zoom_stops(db)}
+        typer.echo(json.dumps(doc, indent=2))
         return
     emit_table("progress (distinct jobs; per-clip turns counted once)", table.columns, table.rows)
     emit_table("engines (egoqa work --engine ID serves one)", engines.columns, engines.rows)
     if held:
         emit_table("held by workers now", list(held[0]), [tuple(h.values()) for h in held])
+    stops = st.zoom_stops(db)
+    if stops:
+        title = "zooms that stopped short of their window (the failures view lists each)"
+        emit_table(title, ["reason", "levels"], list(stops.items()))
     states = st.job_states(db)
     typer.echo("all jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"))
 

@@ -115,7 +115,12 @@ def emit_table(
         w.writerows(rows)
         typer.echo(buf.getvalue(), nl=False)
         return
-    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    from rich.markup import escape
+
+    # Data, not markup: a template name or a label in [brackets] must print as written.
+    cells = [[escape("" if v is None else str(v)) for v in r] for r in rows]
+    title = None if title is None else escape(title)
+    columns = [escape(str(c)) for c in columns]
     console = rich_console()
     table = _fitted_table(title, columns, cells, console.width) if fit_first else None
     if table is None:

@@ -142,6 +142,13 @@ def export(
             help="Leave out the queries that were skipped when the run was enqueued.",
         ),
     ] = False,
+    allow_oracle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-oracle",
+            help="Export a run whose zoom the ground truth chose (refused by default).",
+        ),
+    ] = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Write a run's predictions for the evaluation server (every query; misses as [[0.0, 0.0]]).
@@ -155,7 +162,8 @@ def export(
 
     if output is not None:
         check_file_target(output, "-o")  # before any work is done for it
-    done = export_nlq(open_database(readonly=True), run, only_enqueued=only_enqueued)
+    db = open_database(readonly=True)
+    done = export_nlq(db, run, only_enqueued=only_enqueued, allow_oracle=allow_oracle)
     text = json.dumps(done.predictions) + "\n"
     if output is None:
         typer.echo(text, nl=False)
@@ -206,6 +214,7 @@ def cluster(
         int | None, typer.Option("--k", min=1, help="Number of clusters (default: by silhouette).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Group the run's queries by meaning (k-means, k by silhouette) and store it for `report`."""
     from egoqa.cli import emit_table, open_database

@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from egoqa.errors import EgoqaError
 from egoqa.evaluate import (
     MISS_WINDOW,
     NLQ_CHALLENGE,
@@ -77,12 +78,24 @@ def _add_skipped(
     out.no_query_id = dict(sorted(no_id.items()))
 
 
-def export_nlq(db: Database, run: str, *, only_enqueued: bool = False) -> NlqExport:
+class OracleRun(EgoqaError):
+    """The run's zoom was chosen by the ground truth: not a fair submission."""
+
+
+def export_nlq(
+    db: Database, run: str, *, only_enqueued: bool = False, allow_oracle: bool = False
+) -> NlqExport:
     """The Ego4D NLQ prediction file for every query of the run's annotation files (misses as
     [[0.0, 0.0]]; with `only_enqueued`, the enqueued queries alone), checked against the
     official format and the query ids before it is returned."""
     data = load_run(db, run)
     require_scorable(data)
+    if data.oracle and not allow_oracle:
+        raise OracleRun(
+            f"run {run!r} zoomed by the ground truth (zoom = 'oracle'): its windows were chosen "
+            "knowing the answer, so its predictions are not a fair submission; pass "
+            "--allow-oracle to export them anyway"
+        )
     unscored = sum(map(needs_scoring, data.rows))
     if unscored:
         raise UnscoredResults(

@@ -141,7 +141,9 @@ def build(db: Database, run: str) -> dict:
     report.require_scorable(data)
     name = str(data.style.get("name", ""))
     instances = [score_instance(r, uses_verdicts(name)) for r in _rows(db, run)]
-    return summarize(run, name, data.samples, instances)
+    out = summarize(run, name, data.samples, instances)
+    out["summary"]["oracle"] = data.oracle
+    return out
 
 
 def write(report: dict, out_dir: Path) -> list[Path]:
@@ -157,6 +159,8 @@ def write(report: dict, out_dir: Path) -> list[Path]:
     records = report["by_category"]
     labels = [f"{r['category']} (n={r['n']})" for r in records]
     title = f"run {report['summary']['run']}: accuracy by query category (original scoring)"
+    if report["summary"].get("oracle"):
+        title += "\n(oracle zoom: the ground truth chose each window)"
     series = {"accuracy": [r["accuracy"] for r in records]}
     return [*paths, bar_chart(out_dir / "accuracy_summary.png", title, labels, series)]
 
@@ -174,9 +178,10 @@ def tables(report: dict) -> list[tuple[str, list[str], list[tuple]]]:
     if "any_sample_accuracy" in s:
         label = f"any of {s['samples']} samples correct %"
         rows.append((label, f"{100 * s['any_sample_accuracy']:.1f}"))
-    out = [(f"run {s['run']}: the original pipeline's scoring", ["metric", "value"], rows)]
+    label = " [oracle zoom: the ground truth chose each window]" if s.get("oracle") else ""
+    out = [(f"run {s['run']}: the original pipeline's scoring{label}", ["metric", "value"], rows)]
     for key, title in (("category", "by query category"), ("video_uid", "by video")):
         records = report["by_" + ("category" if key == "category" else "video")]
         body = [(r[key], r["n"], r["correct"], f"{100 * r['accuracy']:.1f}") for r in records]
-        out.append((f"{title} (original)", [key, "n", "correct", "accuracy %"], body))
+        out.append((f"{title} (original){label}", [key, "n", "correct", "accuracy %"], body))
     return out

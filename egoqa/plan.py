@@ -26,6 +26,7 @@ from egoqa.errors import ConfigError, DatasetError
 from egoqa.prompts import TIMING_FIELDS, Style, Turn
 from egoqa.store import catalog, graph, queue, skips
 from egoqa.store.db import Cursor, Database
+from egoqa.zoomplan import zoom_block
 
 _IDENTITY_BYTES = 1 << 16
 
@@ -100,6 +101,7 @@ def media_spec(
     identity: str,
     parent_keys: dict[str, str],
     query: Query | None = None,
+    window: list[float] | None = None,
 ) -> dict:
     if turn.media == "none" and not turn.placeholders() & set(TIMING_FIELDS):
         return {"kind": "none"}
@@ -115,6 +117,11 @@ def media_spec(
         spec["from"] = parent_keys[turn.segments_from]
     if turn.media == "ground_truth":
         spec["window"] = _ground_truth(turn, clip, query)
+    if turn.repeat_until is not None:  # a zoom starts from the whole clip
+        spec["window"] = [0.0, round(clip.duration_sec, 3)]
+    if turn.window_from is not None:  # the final window of an earlier turn's zoom
+        spec["window"] = [round(float(x), 3) for x in window]
+        spec["window_of"] = parent_keys[turn.window_from]
     return spec
 
 
@@ -149,6 +156,7 @@ def turn_spec(
     identity: str,
     query: Query | None,
     parent_keys: dict[str, str],
+    window: list[float] | None = None,
 ) -> dict:
     """Everything that decides this turn's output (and nothing else): the key is its hash."""
     gen = config.generation.model_dump()
@@ -161,9 +169,10 @@ def turn_spec(
         "template": turn.template,
         "query": query.text if turn.reads_query and query else None,
         "reads": {r: parent_keys[r] for r in turn.reads},
-        "media": media_spec(turn, config, clip, identity, parent_keys, query),
+        "media": media_spec(turn, config, clip, identity, parent_keys, query, window),
         "samples": turn.samples,
         "select": list(turn.select),
+        **({"zoom": zoom_block(turn, query)} if turn.repeat_until is not None else {}),
     }
 
 
@@ -188,6 +197,8 @@ class _Planner:
         qid = self.query_ids[(q.clip_uid, q.annotation_uid, q.query_idx)]
         keys: dict[str, str] = {}
         for index, turn in enumerate(self.style.turns):
+            if turn.window_from is not None:  # planned when the zoom it follows has ended
+                continue
             shared = self.per_clip[turn.name]
             key = self.clip_keys.get((clip.clip_uid, turn.name)) if shared else None
             if key is not None:
@@ -201,41 +212,65 @@ class _Planner:
                 self.jobs[key] = self._new_job(
                     key, spec, turn, index, clip, None if self.per_clip[turn.name] else qid
                 )
-        self.chains.append((qid, [keys[t.name] for t in self.style.turns]))
+        self.chains.append((qid, [keys.get(t.name) for t in self.style.turns]))
 
     def _new_job(
         self, key: str, spec: dict, turn: Turn, index: int, clip: Clip, qid: int | None
     ) -> queue.NewJob:
-        parents = tuple(
-            dict.fromkeys(
-                [
-                    *spec["reads"].values(),
-                    *([spec["media"]["from"]] if "from" in spec["media"] else []),
-                ]
-            )
-        )
-        stored = {
-            **spec,
-            "turn": turn.name,
-            "turn_index": index,
-            "style": self.style.name,
-            "graded": turn.graded,
-            "segments_from": turn.segments_from,
-        }
-        return queue.NewJob(
-            key=key,
-            engine=engine_id(spec["engine"]),
-            model=spec["engine"]["model"],
-            turn_name=turn.name,
-            turn_index=index,
-            clip_id=self.clip_ids[clip.clip_uid],
-            query_id=qid,
-            spec=canonical(stored),
-            media_key=media_key(spec["media"]),
-            parent_keys=parents,
-            priority=self.config.priority,
-            max_attempts=self.config.max_attempts,
-        )
+        clip_id = self.clip_ids[clip.clip_uid]
+        return make_job(key, spec, turn, index, self.style.name, clip_id, qid, self.config)
+
+
+def make_job(
+    key: str,
+    spec: dict,
+    turn: Turn,
+    index: int,
+    style_name: str,
+    clip_id: int,
+    qid: int | None,
+    config: RunConfig,
+) -> queue.NewJob:
+    """A planned job: its spec stored with its turn, and edges to every job it reads."""
+    media = spec["media"]
+    parents = [*spec["reads"].values(), *(media[k] for k in ("from", "window_of") if k in media)]
+    stored = {
+        **spec,
+        "turn": turn.name,
+        "turn_index": index,
+        "style": style_name,
+        "graded": turn.graded,
+        "segments_from": turn.segments_from,
+    }
+    return queue.NewJob(
+        key=key,
+        engine=engine_id(spec["engine"]),
+        model=spec["engine"]["model"],
+        turn_name=turn.name,
+        turn_index=index,
+        clip_id=clip_id,
+        query_id=qid,
+        spec=canonical(stored),
+        media_key=media_key(media),
+        parent_keys=tuple(dict.fromkeys(parents)),
+        priority=config.priority,
+        max_attempts=config.max_attempts,
+    )
+
+
+def follow_up_jobs(config: RunConfig, style: Style, level, window, clip_ctx, query):
+    """(turn, index, job) of each turn that takes the final window of the zoom `level` ended in."""
+    clip, identity = clip_ctx
+    parents = {level.turn_name: level.key}
+    out = []
+    for index, turn in enumerate(style.turns):
+        if turn.window_from != level.turn_name:
+            continue
+        spec = turn_spec(turn, config, clip, identity, query, parents, window)
+        key = job_key(spec)
+        job = make_job(key, spec, turn, index, style.name, level.clip_id, level.query_id, config)
+        out.append((turn, index, job))
+    return out
 
 
 # --- writing the catalogue -------------------------------------------------------------------
@@ -334,15 +369,17 @@ def _ensure_run(cur: Cursor, row: dict, recompute: bool) -> tuple[int, str | Non
     return stored.id, change
 
 
-def _refuse_zoom(style: Style) -> None:
-    """A turn that repeats on narrower windows needs a job graph that grows while it runs; until
-    the planner builds one, such a style is refused rather than run as a single level."""
-    zooming = [t.name for t in style.turns if t.repeat_until or t.window_from]
-    if zooming:
-        raise ConfigError(
-            f"style {style.name!r}: turn(s) {', '.join(zooming)} zoom into narrower windows "
-            "(repeat_until / window_from), which this version cannot run yet; pick another style"
-        )
+def _check_follow_ups(style: Style) -> None:
+    """A turn that takes a zoom's final window is planned when the zoom ends; a turn that reads
+    it would have to wait for that too, which this planner does not do: refuse it plainly."""
+    later = {t.name for t in style.turns if t.window_from}
+    for t in style.turns:
+        needs = set(t.reads) | ({t.segments_from} if t.segments_from else set())
+        if needs & later:
+            raise ConfigError(
+                f"style {style.name!r}: turn {t.name!r} reads {sorted(needs & later)}, which "
+                "follow a zoom (window_from): read the zoom turn itself, or drop that read"
+            )
 
 
 def enqueue_run(
@@ -361,7 +398,7 @@ def enqueue_run(
     jobs; a changed config or style needs `recompute`, which also re-queues the plan's jobs.
     """
     style = style.with_overrides(config.turns)
-    _refuse_zoom(style)
+    _check_follow_ups(style)
     used = {q.clip_uid for q in dataset.queries}
     clips = [c for uid, c in dataset.clips.items() if uid in used]
     identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
@@ -374,7 +411,12 @@ def enqueue_run(
         for q in dataset.queries:
             planner.plan_query(by_uid[q.clip_uid], q)
         result = queue.enqueue(cur, list(planner.jobs.values()))
-        chains = [(qid, [result.ids[k] for k in keys]) for qid, keys in planner.chains]
+        chains = [
+            (qid, [result.ids[k] if k else None for k in keys]) for qid, keys in planner.chains
+        ]
+        from egoqa.zoomplan import resolve_chains
+
+        chains = resolve_chains(cur, config, style, chains)
         names = [t.name for t in style.turns]
         graded = style.index(style.result_turn.name)
         moved = catalog.write_items(cur, run_id, names, graded, chains)

@@ -3,6 +3,7 @@ what failed, and score the run items whose graded job just finished (only those)
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -68,7 +69,9 @@ class Recorder:
             completions.append(self._completion(item, res, kept))
             if item.job.spec.get("graded"):
                 graded.append(item.job.id)
-        won = queue.complete(self.db, claim, completions) if completions else set()
+        zooming = any("zoom" in item.job.spec for item, _ in done)
+        after = _settle if zooming else None
+        won = queue.complete(self.db, claim, completions, after) if completions else set()
         self._score([i for i in graded if i in won])
         for c in completions:
             if c.job_id in won:
@@ -88,6 +91,12 @@ class Recorder:
                 )
 
     def _completion(self, item: Prepared, res: Result, kept: int) -> queue.Completion:
+        note = None
+        if "zoom" in item.job.spec:
+            from egoqa.zoomplan import decide
+
+            shown = [tuple(w) for w in item.context.get("intervals") or []]
+            note = decide(item.job.spec, res.texts[kept], shown)
         return queue.Completion(
             job_id=item.job.id,
             response=res.texts[kept],
@@ -101,6 +110,8 @@ class Recorder:
             batch_size=res.batch_size,
             device=self.device,
             dtype=self.dtype,
+            note=None if note is None else json.dumps(note),
+            stop_reason=None if note is None or not note["final"] else note["reason"],
         )
 
     def fail(
@@ -120,6 +131,12 @@ class Recorder:
             from egoqa.scoring import score_items
 
             score_items(self.db, job_ids=job_ids)
+
+
+def _settle(cur, job_ids: list[int]) -> None:
+    from egoqa.zoomplan import settle
+
+    settle(cur, job_ids)
 
 
 def _kept_sample(item: Prepared, res: Result) -> int | None:

@@ -52,9 +52,9 @@ def media_timestamps(spec: dict, duration: float, parents: dict[str, str]) -> li
     if "sampler" not in media:
         return []
     sampler = sampler_from(media["sampler"])
-    if media["kind"] in ("frames", "none"):
+    if media["kind"] in ("frames", "none") and "window" not in media:
         return sample_timestamps(sampler, duration)
-    if media["kind"] == "ground_truth":
+    if media["kind"] in ("ground_truth", "frames"):  # the ground truth, or a zoom's window
         return segment_timestamps(sampler, [tuple(media["window"])], duration)
     segments = [(s.start, s.end) for s in parse_segments(parents.get(SEGMENTS), duration)]
     return segment_timestamps(sampler, segments, duration)

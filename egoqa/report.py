@@ -64,6 +64,12 @@ class RunData:
     skipped: list[skips.SkippedQuery] = field(default_factory=list)
 
     @property
+    def oracle(self) -> bool:
+        """True when a zoom turn chose its windows by the ground truth (the original's oracle):
+        its scores are an upper bound, not a result, and every table and chart says so."""
+        return any(t.get("zoom") == "oracle" for t in self.style.get("turns", []))
+
+    @property
     def graded(self) -> bool:
         """False for an answer-only style: its results rows show answers and carry no scores."""
         return any(t.get("graded") for t in self.style.get("turns", []))
@@ -213,6 +219,7 @@ def summary(data: RunData) -> dict[str, Any]:
     out = {
         "run": data.run,
         "graded_turn": data.graded_turn,
+        "oracle": data.oracle,
         "samples": data.samples,
         **_counts(data.rows),
         "unscored": sum(map(needs_scoring, data.rows)),

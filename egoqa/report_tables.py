@@ -4,6 +4,7 @@ never pushes a table past an 80-column terminal."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from egoqa.report import BEST_METRICS, METRIC_NAMES, METRICS, load_run, require_finished, summary
@@ -115,4 +116,9 @@ def tables(report: dict) -> list[TableSpec]:
         )
     if report["compare"]:
         out.append(TableSpec("runs compared (%)", *_metric_table(report["compare"], "run"), True))
+    if report["summary"].get("oracle"):
+        out = [dataclasses.replace(t, title=t.title + ORACLE) for t in out]
     return out
+
+
+ORACLE = " [oracle zoom: the ground truth chose each window]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from typing import Any
 
@@ -70,14 +71,35 @@ class FakeBackend:
         return None
 
 
+_NUMBERED = re.compile(r"^(\d+)\. (\S+) - (\S+):\s*$", re.MULTILINE)
+
+
 def fake_text(prompt: str, timestamps: list[float], sample: int) -> str:
-    """The deterministic answer for one sample of one prompt."""
+    """The deterministic answer for one sample of one prompt: segments, or, where the prompt
+    lists numbered intervals to judge (`1. 0s - 16s:`), one verdict block per interval."""
     digest = _digest(prompt, timestamps, sample)
+    listed = _NUMBERED.findall(prompt)
+    if listed:
+        return _verdicts(listed, digest)
     limit = max(1, int(max(timestamps))) if timestamps else 60
     count = 1 + digest[0] % 3
     segments = [_segment(digest[1 + 4 * i : 5 + 4 * i], limit) for i in range(count)]
     opener = _OPENERS[digest[-1] % len(_OPENERS)]
     return f"{opener} " + ", ".join(f"[{a}s] - [{b}s]" for a, b in sorted(segments)) + "."
+
+
+def _verdicts(listed: list[tuple[str, str, str]], digest: bytes) -> str:
+    """Every interval judged: one or two Relevant (confidence 5-9), the rest Irrelevant."""
+    relevant = {digest[0] % len(listed), digest[1] % len(listed)}
+    blocks = []
+    for i, (n, a, b) in enumerate(listed):
+        verdict = "Relevant" if i in relevant else "Irrelevant"
+        confidence = 5 + digest[2 + i % 28] % 5 if i in relevant else digest[2 + i % 28] % 4
+        blocks.append(
+            f"{n}. {a} - {b}:\nDescription: a person at work\nRelevant: what the question asks\n"
+            f"Irrelevant: the rest\nConfidence Score: {confidence}\nVerdict: {verdict}"
+        )
+    return "\n\n".join(blocks)
 
 
 def _digest(prompt: str, timestamps: list[float], sample: int) -> bytes:

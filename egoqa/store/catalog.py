@@ -99,38 +99,52 @@ def write_items(
     run_id: int,
     turn_names: list[str],
     graded: int,
-    chains: list[tuple[int, list[int]]],
+    chains: list[tuple[int, list[int | None]]],
 ) -> int:
-    """Point each query's item at its chain of job ids; returns how many items changed chain."""
+    """Point each query's item at its chain of job ids; returns how many items changed chain.
+
+    A turn not planned yet (it follows a zoom that has not ended) is None in a chain: it has
+    no row yet, and the item is graded by the zoom's job until it has one.
+    """
     before = _chains(cur, run_id)
-    changed = [(q, ids) for q, ids in chains if q in before and before[q] != ids]
-    cur.executemany(ITEM_UPSERT, [{"run": run_id, "q": q, "job": ids[graded]} for q, ids in chains])
+    chains = [(q, ids) for q, ids in chains]
+    changed = [(q, ids) for q, ids in chains if q in before and before[q] != _present(ids)]
+    items = [{"run": run_id, "q": q, "job": _graded(ids, graded)} for q, ids in chains]
+    cur.executemany(ITEM_UPSERT, items)
     item_ids = dict(cur.all("SELECT query_id, id FROM run_items WHERE run_id = :r", {"r": run_id}))
     moved = [item_ids[q] for q, _ in changed]
     for chunk in chunks(moved):
         frag, params = in_list("i", chunk)
         cur.execute(CLEAR_SCORES.format(ids=frag), params)
-        cur.execute(
-            f"DELETE FROM item_jobs WHERE item_id IN {frag} AND turn_index >= :n",
-            {**params, "n": len(turn_names)},
-        )
+        # the chain is written again below, turns not planned yet (after a zoom) left out
+        cur.execute(f"DELETE FROM item_jobs WHERE item_id IN {frag}", params)
     rows = [
         {"item": item_ids[q], "i": i, "name": turn_names[i], "job": job}
         for q, ids in chains
-        if q not in before or before[q] != ids
+        if q not in before or before[q] != _present(ids)
         for i, job in enumerate(ids)
+        if job is not None
     ]
     cur.executemany(JOB_UPSERT, rows)
     return len(changed)
 
 
-def _chains(cur: Cursor, run_id: int) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
+def _present(ids: list[int | None]) -> dict[int, int]:
+    return {i: job for i, job in enumerate(ids) if job is not None}
+
+
+def _graded(ids: list[int | None], graded: int) -> int:
+    """The graded turn's job, or (not planned yet) the nearest planned job before it."""
+    return next(job for job in reversed(ids[: graded + 1]) if job is not None)
+
+
+def _chains(cur: Cursor, run_id: int) -> dict[int, dict[int, int]]:
+    out: dict[int, dict[int, int]] = {}
     rows = cur.all(
-        """SELECT ri.query_id, ij.job_id FROM run_items ri JOIN item_jobs ij ON ij.item_id = ri.id
-            WHERE ri.run_id = :r ORDER BY ri.query_id, ij.turn_index""",
+        """SELECT ri.query_id, ij.turn_index, ij.job_id FROM run_items ri
+             JOIN item_jobs ij ON ij.item_id = ri.id WHERE ri.run_id = :r""",
         {"r": run_id},
     )
-    for query_id, job_id in rows:
-        out.setdefault(query_id, []).append(job_id)
+    for query_id, turn_index, job_id in rows:
+        out.setdefault(query_id, {})[turn_index] = job_id
     return out

@@ -149,6 +149,10 @@ class Job(Base):
     batch_size: Mapped[int | None] = mapped_column(Integer)
     device: Mapped[str | None] = mapped_column(String(64))  # where it actually ran
     dtype: Mapped[str | None] = mapped_column(String(32))  # what the weights actually were
+    # A zoom level's decision (JSON: depth, window, chosen, final window, reason) and, where the
+    # zoom stopped short of its target window, why.
+    note: Mapped[str | None] = mapped_column(Text)
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
     worker_id: Mapped[str | None] = mapped_column(String(128))
 
 

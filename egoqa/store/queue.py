@@ -77,6 +77,8 @@ class Completion:
     batch_size: int | None = None
     device: str | None = None  # where it actually ran
     dtype: str | None = None  # what the weights actually were
+    note: str | None = None  # a zoom level's decision (JSON)
+    stop_reason: str | None = None  # why a zoom stopped short of its target window
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,15 @@ def enqueue(cur: Cursor, jobs: Sequence[NewJob]) -> EnqueueResult:
     before = ids_by_key(cur, keys)
     fresh = [j for j in {j.key: j for j in jobs}.values() if j.key not in before]
     cur.executemany(INSERT_JOB.format(now=cur.db.now), [_job_row(j) for j in fresh])
-    ids = {**before, **ids_by_key(cur, [j.key for j in fresh])}
+    # parents enqueued before (a zoom's next level is enqueued alone) are looked up as well
+    outside = {p for j in fresh for p in j.parent_keys} - set(keys)
+    ids = {**before, **ids_by_key(cur, [j.key for j in fresh] + sorted(outside))}
     deps = [{"job_id": ids[j.key], "parent_id": ids[p]} for j in fresh for p in j.parent_keys]
     cur.executemany(INSERT_DEP, deps)
     new_ids = [ids[j.key] for j in fresh if j.parent_keys]
     graph.fail_if_upstream_failed(cur, new_ids)
     graph.promote(cur, new_ids)
+    ids = {k: ids[k] for k in keys}
     return EnqueueResult(ids=ids, new=len(fresh), reused=len(keys) - len(fresh))
 
 
@@ -217,7 +222,8 @@ COMPLETE = """
 UPDATE jobs SET state = 'done', response = :response, responses = :responses, prompt = :prompt,
        finish_reason = :finish_reason, latency_s = :latency_s, prompt_tokens = :prompt_tokens,
        visual_tokens = :visual_tokens, completion_tokens = :completion_tokens,
-       batch_size = :batch_size, device = :device, dtype = :dtype, worker_id = :owner,
+       batch_size = :batch_size, device = :device, dtype = :dtype, note = :note,
+       stop_reason = :stop_reason, worker_id = :owner,
        finished_at = {now}, error = NULL, error_kind = NULL,
        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
  WHERE id = :job_id AND state = 'running' AND lease_token = :token
@@ -235,11 +241,17 @@ VALUES (:job_id, :generation, :token, :owner, :prompt, :response, :responses, :f
 """
 
 
-def complete(db: Database, claim: Claim, results: Sequence[Completion]) -> set[int]:
+def complete(
+    db: Database,
+    claim: Claim,
+    results: Sequence[Completion],
+    after: Callable[[Cursor, list[int]], None] | None = None,
+) -> set[int]:
     """Write results; returns the ids whose write won (still held under this claim's token).
 
     One locked lookup of the jobs still held, then one batched update and one batched history
-    insert: a handful of statements per batch, and no reaper can slip in between.
+    insert: a handful of statements per batch, and no reaper can slip in between. `after` runs
+    in the same transaction with the ids that won (a zoom level's next job is created there).
     """
     rows: dict[int, dict] = {}
     for r in results:  # a job listed twice is written once, by its first result
@@ -251,6 +263,8 @@ def complete(db: Database, claim: Claim, results: Sequence[Completion]) -> set[i
         cur.executemany(COMPLETE.format(now=db.now), won)
         cur.executemany(RECORD.format(now=db.now), won)
         graph.promote_children(cur, sorted(held))
+        if after is not None and held:
+            after(cur, sorted(held))
     return set(held)
 
 

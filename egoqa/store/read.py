@@ -67,6 +67,12 @@ def engines(db: Database) -> Table:
     ).map_column("spec", "dtype", lambda spec: json.loads(spec)["engine"].get("dtype"))
 
 
+def zoom_stops(db: Database) -> dict[str, int]:
+    """Zoom levels that ended short of their target window, by reason (see `failures`)."""
+    sql = "SELECT stop_reason, COUNT(*) FROM jobs WHERE stop_reason IS NOT NULL GROUP BY 1"
+    return dict(_query(db, sql).rows)
+
+
 def job_states(db: Database, engine: str | None = None) -> dict[str, int]:
     """Jobs by state (of one engine, when given)."""
     where = "WHERE engine = :e" if engine else ""
