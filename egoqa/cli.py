@@ -352,11 +352,7 @@ def _work_single(
     )
     worker = Worker(db, served, backend, opts)
     stats = worker.run()
-    typer.echo(
-        f"worker: {stats.done} done, {stats.failed} failed, {stats.lost} lost lease, "
-        f"{stats.batches} batches, {stats.oom_splits} OOM splits",
-        err=True,
-    )
+    typer.echo(stats.summary(), err=True)
     if (
         worker.signals.exit_code
     ):  # stopped, not finished: 130 / 143, as shells and schedulers expect
