@@ -19,6 +19,7 @@ SCRIPTS = {
     "worker_overhead.py": "### Worker wall time by part (tiny model, CPU)",
     "decoding.py": "### Dense 1 fps:",
     "seeded_sampling.py": "### Logits step at vocabulary 152,064",
+    "gpu_throughput.py": "### Throughput: the original's loop vs egoqa",
 }
 
 
