@@ -24,6 +24,7 @@ from egoqa.store.db import open_db
 from egoqa.worker import Worker, WorkerOptions, resolve_engine
 
 from conftest import Cli, enqueue_args
+from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 
 def running(db_path) -> list[tuple[int, str, str]]:
@@ -199,3 +200,19 @@ def test_the_summary_reports_batches_claimed_ahead_and_left_padding(tmp_path, sy
     assert stats.prompt_tokens > 0 and stats.padding_tokens > 0
     line = stats.summary()
     assert f"({stats.claimed_ahead} claimed ahead)" in line and "left padding" in line
+
+
+@pytest.mark.postgres
+def test_claiming_ahead_on_postgres_runs_every_job_once(postgres_url, tmp_path, synth):  # noqa: F811
+    """The claim-ahead thread claims on its own pooled connection (FOR UPDATE SKIP LOCKED)."""
+    cli = Cli(postgres_url, tmp_path)
+    cli(*enqueue_args(synth, "demo", "--set", "backend=fake"))
+    db = open_db(postgres_url)
+    options = WorkerOptions(batch_size=2, until_done=True)
+    stats = Worker(db, resolve_engine(db), FakeBackend(), options).run()
+    with db.read() as cur:
+        states = dict(cur.all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        twice = cur.all("SELECT job_id FROM job_results GROUP BY job_id HAVING COUNT(*) > 1")
+    db.dispose()
+    assert stats.claimed_ahead > 0 and stats.failed == 0
+    assert states == {"done": stats.done} and twice == []
