@@ -204,6 +204,8 @@ RESULT_COLUMNS = {
     "batch_size": None,
     "device": None,
     "dtype": None,
+    "note": None,
+    "stop_reason": None,
 }
 
 

@@ -7,11 +7,13 @@ preset: stage_analysis, 8 uniform frames at 112 px, batches of 8, 24 new tokens.
 
 The worker's own parts are timed by wrapping them (nothing in egoqa is changed): claim and
 the other queue calls, preparing requests (parents' responses, frame decoding — shown
-separately — and prompt rendering), generate, complete, scoring. The tiny model generates in
-milliseconds, so this is the harshest case: with a real 7B-72B model `generate` takes 10-1000×
-longer per batch while the rest stays the same.
+separately — and prompt rendering), generate, complete, scoring. Parts are counted where the
+device would wait for them, in the main thread; what the worker does in its claim-ahead thread
+while a batch generates is shown apart. Each repeat runs the worker with claiming ahead and
+without, side by side. The tiny model generates in milliseconds, so this is the harshest case:
+with a real 7B-72B model `generate` takes 10-1000× longer per batch while the rest stays the same.
 
-Reproduce: `.venv/bin/python bench/worker_overhead.py` (under a minute on 2 cores);
+Reproduce: `.venv/bin/python bench/worker_overhead.py` (a few minutes on 2 cores);
 `--quick` for a smoke run.
 """
 
@@ -22,6 +24,7 @@ import functools
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -46,8 +49,8 @@ from egoqa.worker import (
 )
 
 PARTS = (
-    "claim", "prepare (excl. frames)", "frames (prefetch)", "frames (decode)", "generate", "complete",
-    "scoring",
+    "claim", "prepare (excl. frames)", "frames (prefetch)", "frames (decode)", "encode inputs",
+    "generate", "complete", "scoring",
 )  # fmt: skip
 QUEUE_CALLS = {  # store functions the worker calls, and the part they count towards
     (queue, "claim"): "claim",
@@ -61,7 +64,8 @@ QUEUE_CALLS = {  # store functions the worker calls, and the part they count tow
 
 
 class Timers:
-    """Wraps functions so their wall time adds up under a part name (main thread only)."""
+    """Wraps functions so their wall time adds up under a part name: in the main thread, or under
+    "<part> [ahead]" when the claim-ahead thread (or a pool it started) ran it."""
 
     def __init__(self) -> None:
         self.total: dict[str, float] = defaultdict(float)
@@ -73,10 +77,11 @@ class Timers:
         @functools.wraps(original)
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
+            main = threading.current_thread() is threading.main_thread()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.total[part] += time.perf_counter() - t0
+                self.total[part if main else f"{part} [ahead]"] += time.perf_counter() - t0
 
         setattr(owner, attr, timed)
         self._undo.append((owner, attr, original))
@@ -87,16 +92,18 @@ class Timers:
         self._undo.clear()
 
 
-def one_run(data, config, backend, db_path: Path) -> dict[str, float]:
+def one_run(data, config, backend, db_path: Path, ahead: bool) -> dict[str, float]:
     """Enqueue into a fresh database, run one worker until done; seconds per part and wall."""
     db = open_db(db_path, create=True)
     dataset = load_nlq(data.annotations, data.videos, data.metadata)
     report = enqueue_run(db, dataset, config, load_style(config.style), "bench")
-    worker = Worker(db, resolve_engine(db), backend, WorkerOptions(until_done=True))
+    options = WorkerOptions(until_done=True, claim_ahead=ahead)
+    worker = Worker(db, resolve_engine(db), backend, options)
     timers = Timers()
     for (module, name), part in QUEUE_CALLS.items():
         timers.wrap(module, name, part)
     timers.wrap(rendering, "build_request", "prepare")
+    timers.wrap(backend, "encode", "encode inputs")
     timers.wrap(worker.runner.decoder, "frames", "frames (decode)")
     timers.wrap(worker.runner.decoder, "prefetch", "frames (prefetch)")
     timers.wrap(backend, "generate", "generate")
@@ -110,10 +117,14 @@ def one_run(data, config, backend, db_path: Path) -> dict[str, float]:
     db.dispose()
     assert stats.done == report.jobs_total and stats.failed == 0, (stats, report)
     parts = dict(timers.total)
-    parts["prepare (excl. frames)"] = parts.pop("prepare", 0.0) - parts.get("frames (decode)", 0)
-    parts["other (loop, heartbeat, registry)"] = wall - sum(parts.values())
+    for where in ("", " [ahead]"):
+        prepare = parts.pop(f"prepare{where}", 0.0) - parts.get(f"frames (decode){where}", 0.0)
+        parts[f"prepare (excl. frames){where}"] = prepare
+    main = {k: v for k, v in parts.items() if not k.endswith("[ahead]")}
+    parts["other (loop, heartbeat, registry)"] = wall - sum(main.values())
     parts["wall"], parts["jobs"], parts["batches"] = wall, stats.done, stats.batches
     parts["generate (worker's own count)"] = stats.generate_s
+    parts["waiting for a batch"], parts["claimed ahead"] = stats.wait_s, stats.claimed_ahead
     parts["decodes"] = worker.runner.decoder.decodes
     return parts
 
@@ -134,21 +145,46 @@ def main(argv: list[str]) -> int:
     )
     config = load_config("demo", [f'model="{model}"'])
     backend = load_backend_for(served_from_config(config), "cpu")
-    runs = []
+    runs: dict[bool, list] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="egoqa-bench-") as tmp:
         warmup = 0 if args.quick else 1  # a warm-up run (not reported) loads lazy parts
         for i in range(warmup + repeats):
-            result = one_run(data, config, backend, Path(tmp) / f"w{i}.db")
-            if i >= warmup:
-                runs.append(result)
-    print(report(runs, clips, per_clip))
+            for ahead in (True, False):  # side by side: the machine's load hits both alike
+                result = one_run(data, config, backend, Path(tmp) / f"w{i}{ahead}.db", ahead)
+                if i >= warmup:
+                    runs[ahead].append(result)
+    for ahead in (False, True):
+        print(report(runs[ahead], clips, per_clip, ahead), flush=True)
+    print(comparison(runs))
     return 0
 
 
-def report(runs: list[dict], clips: int, per_clip: int) -> str:
+def comparison(runs: dict[bool, list]) -> str:
+    def cell(rs, key, share=False):
+        values = [r[key] / r["wall"] if share else r[key] for r in rs]
+        fmt = "{:.1%}" if share else "{:.3f}"
+        return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))}"
+
+    rows = []
+    for ahead in (False, True):
+        rs = runs[ahead]
+        for r in rs:
+            r["outside generate"] = r["wall"] - r["generate"]
+        rows.append([
+            "claiming ahead" if ahead else "one batch at a time", cell(rs, "wall"),
+            cell(rs, "generate"), cell(rs, "outside generate"),
+            cell(rs, "outside generate", share=True), cell(rs, "waiting for a batch"),
+            cell(rs, "waiting for a batch", share=True), rs[0]["claimed ahead"],
+        ])  # fmt: skip
+    head = ["worker", "wall s", "generate s", "outside generate s", "outside generate",
+            "waiting for a batch s", "waiting, share of wall", "batches claimed ahead"]  # fmt: skip
+    return table("Claiming ahead: before / after (min / median)", head, rows)
+
+
+def report(runs: list[dict], clips: int, per_clip: int, ahead: bool) -> str:
     def stat(key: str) -> str:
-        values = [r[key] for r in runs]
-        shares = [r[key] / r["wall"] for r in runs]
+        values = [r.get(key, 0.0) for r in runs]
+        shares = [r.get(key, 0.0) / r["wall"] for r in runs]
         return (
             f"{min(values):.3f} / {statistics.median(values):.3f}",
             f"{min(shares):.1%} / {statistics.median(shares):.1%}",
@@ -157,15 +193,18 @@ def report(runs: list[dict], clips: int, per_clip: int) -> str:
     names = [*PARTS, "other (loop, heartbeat, registry)"]
     rows = [[n, *stat(n)] for n in names]
     rows.append(["**wall**", *stat("wall")])
+    background = sorted({k for r in runs for k in r if k.endswith("[ahead]")})
+    rows += [[f"{n} (while a batch generates)", *stat(n)] for n in background]
     outside = [1 - r["generate"] / r["wall"] for r in runs]
     first = runs[0]
+    mode = "claiming ahead" if ahead else "one batch at a time"
     lines = [
         f"{clips} clips × {per_clip} queries, stage_analysis: {first['jobs']} jobs in "
         f"{first['batches']} batches, {first['decodes']} frame decodes; {len(runs)} run(s) "
         "(after a warm-up run, except with --quick)",
         "",
         table(
-            "Worker wall time by part (tiny model, CPU)",
+            f"Worker wall time by part (tiny model, CPU): {mode}",
             ["part", "seconds: min / median", "share of wall: min / median"],
             rows,
         ),
@@ -178,10 +217,10 @@ def report(runs: list[dict], clips: int, per_clip: int) -> str:
                     i + 1,
                     r["wall"],
                     r["generate"],
-                    r["frames (decode)"] + r.get("frames (prefetch)", 0.0),
+                    r.get("frames (decode)", 0.0) + r.get("frames (prefetch)", 0.0),
                     r["wall"]
                     - r["generate"]
-                    - r["frames (decode)"]
+                    - r.get("frames (decode)", 0.0)
                     - r.get("frames (prefetch)", 0.0),
                     f"{1 - r['generate'] / r['wall']:.1%}",
                 ]

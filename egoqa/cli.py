@@ -390,11 +390,7 @@ def _work_single(
     console = rich_console(stderr=True)
     view = None if supervised else ProgressView(db, served.engine, served.model, console)
     stats = _run_with_progress(worker, view)
-    typer.echo(
-        f"worker: {stats.done} done, {stats.failed} failed, {stats.lost} lost lease, "
-        f"{stats.batches} batches, {stats.oom_splits} OOM splits",
-        err=True,
-    )
+    typer.echo(stats.summary(), err=True)
     if (
         worker.signals.exit_code
     ):  # stopped, not finished: 130 / 143, as shells and schedulers expect

@@ -1,5 +1,6 @@
-"""One heartbeat thread per worker: renews the lease of every batch the worker holds, every third
-of the lease, and marks the worker alive in the registry, for as long as the worker lives."""
+"""One heartbeat thread per worker: renews the lease of every batch the worker holds (the one it
+runs and the one it claimed ahead), every third of the lease, and marks the worker alive in the
+registry, for as long as the worker lives. What it holds is what the worker releases on a stop."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ class Heartbeat(threading.Thread):
     def drop(self, claim: queue.Claim) -> None:
         with self._lock:
             self._held.pop(claim.token, None)
+
+    def held(self) -> list[tuple[queue.Claim, list[int]]]:
+        """Every batch held, with the ids still held under it (as of the last renewal)."""
+        with self._lock:
+            return list(self._held.values())
 
     def run(self) -> None:
         while not self._stop_event.wait(min(self.lease_s / 3, 5.0)):

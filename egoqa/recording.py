@@ -29,13 +29,32 @@ class WorkerStats:
     failed: int = 0
     lost: int = 0
     batches: int = 0
+    claimed_ahead: int = 0  # batches claimed and prepared while the one before generated
+    generate_calls: int = 0  # a batch cut by prompt length generates in several calls
     oom_splits: int = 0
     generate_s: float = 0.0
-    prepare_s: float = 0.0
+    prepare_s: float = 0.0  # preparing batches, in whichever thread did it
+    wait_s: float = 0.0  # the main thread waiting for a batch to be claimed and prepared
     record_s: float = 0.0
-    padding_tokens: int = 0
-    prompt_tokens: int = 0
+    padding_tokens: int = 0  # left padding prefilled for nothing, one count per row
+    prompt_tokens: int = 0  # real prompt tokens prefilled, one count per row
     failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def padding_share(self) -> float:
+        """Padding as a share of all prompt positions prefilled."""
+        total = self.prompt_tokens + self.padding_tokens
+        return self.padding_tokens / total if total else 0.0
+
+    def summary(self) -> str:
+        """One line for the end of a worker's run."""
+        return (
+            f"worker: {self.done} done, {self.failed} failed, {self.lost} lost lease, "
+            f"{self.batches} batches ({self.claimed_ahead} claimed ahead), "
+            f"{self.oom_splits} OOM splits; generate {self.generate_s:.1f} s, waiting for "
+            f"batches {self.wait_s:.1f} s; left padding {self.padding_share:.1%} of "
+            f"{self.prompt_tokens + self.padding_tokens:,} prompt tokens"
+        )
 
 
 class Recorder:

@@ -65,6 +65,7 @@ class StopSignals:
         self.received: int | None = None  # the signal that stopped us (for the exit status)
         self._depth = 0
         self._pending: int | None = None
+        self._closing = False
         self._old: dict = {}
 
     def install(self) -> None:
@@ -78,6 +79,8 @@ class StopSignals:
 
     def _handler(self, signum: int, _frame) -> None:
         self.received = signum
+        if self._closing:  # already stopping: let the release finish
+            return
         if self._depth:
             self._pending = signum
             return
@@ -94,6 +97,10 @@ class StopSignals:
             if not self._depth and self._pending is not None:
                 signum, self._pending = self._pending, None
                 raise StopRequested(signum)
+
+    def closing(self) -> None:
+        """From now on a signal is only noted: the worker is already releasing and stopping."""
+        self._closing = True
 
     @property
     def exit_code(self) -> int:

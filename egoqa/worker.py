@@ -1,9 +1,11 @@
 """The worker: claim a batch → run it → record it, until stopped or, with --until-done, finished.
 
 A worker serves one engine (model, revision, dtype, attention, quantisation, max pixels) and
-claims only that engine's jobs. One heartbeat thread renews what it holds; SIGINT/SIGTERM release
-held jobs at once (never between a claim's commit and its recording, whichever thread the signal
-reaches). The batch runner (`egoqa.batchrun`) and the recorder (`egoqa.recording`) do the rest.
+claims only that engine's jobs. While a batch generates, the next one is claimed and prepared in
+the background (`egoqa.claimahead`). One heartbeat thread renews what it holds (both batches);
+SIGINT/SIGTERM release held jobs at once (never between a claim's commit and its recording,
+whichever thread the signal reaches or made the claim). The batch runner (`egoqa.batchrun`) and
+the recorder (`egoqa.recording`) do the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 from egoqa.backends.base import Backend
-from egoqa.batchrun import BatchRunner, Sizer
+from egoqa.batchrun import Batch, BatchRunner, Sizer
+from egoqa.claimahead import ClaimAhead
 from egoqa.config import RunConfig, config_from_json, engine_id
 from egoqa.errors import EgoqaError
 from egoqa.heartbeat import Heartbeat
@@ -50,6 +53,7 @@ class WorkerOptions:
     max_batches: int | None = None
     frame_cache_items: int = 32
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    claim_ahead: bool = True  # claim and prepare the next batch while one generates
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,11 @@ class Worker:
         self.runner = BatchRunner(
             db, backend, decoder, self.sizer, recorder, self.stats, opts.decode_threads
         )
-        self.claim: queue.Claim | None = None  # the batch held now, released on stop
+        self.ahead = (
+            ClaimAhead(self._claim, self.runner.prepare, self.heartbeat)
+            if opts.claim_ahead
+            else None
+        )
         self._last_wait_note = float("-inf")
         self._idle_since: float | None = None
 
@@ -158,6 +166,9 @@ class Worker:
         except StopRequested as stop:
             log.info("worker %s: stop requested (%s)", self.id, stop)
         finally:
+            self.signals.closing()
+            if self.ahead is not None:
+                self.ahead.close()  # a claim in progress is held once this returns
             self.heartbeat.stop()
             self._sign_off()
             self.signals.restore()
@@ -174,28 +185,47 @@ class Worker:
 
     def _loop(self) -> None:
         idle, last_reap = 0, 0.0
-        while self.opts.max_batches is None or self.stats.batches < self.opts.max_batches:
+        while not self._enough():
             if time.monotonic() - last_reap > self.opts.reap_every_s:
                 self._reap()
                 last_reap = time.monotonic()
-            with self.signals.critical():  # a stop must not land between COMMIT and this line
-                self.claim = queue.claim(
-                    self.db, self.id, self.served.engine, self.sizer.for_spec, self.lease_s
-                )
-                self.heartbeat.hold(self.claim)
-            if self.claim.jobs:
+            batch = self._next_batch()
+            if batch.jobs:
                 idle, self._idle_since = 0, None
                 self.stats.batches += 1
-                self.runner.run(self.claim)
-                self._finish_claim()
+                if self.ahead is not None and not self._enough():
+                    self.sizer.measure()  # between batches: the memory the next one will find
+                    self.ahead.start()
+                self.runner.run(batch)
+                self._finish(batch)
                 continue
-            self.claim = None
             if self.opts.until_done and queue.pending(self.db, self.served.engine) == 0:
                 return
             idle += 1
             self._idle_since = self._idle_since or time.monotonic()
             self._say_what_we_wait_for()
             time.sleep(min(self.opts.idle_max_s, 0.05 * 2**idle))
+
+    def _enough(self) -> bool:
+        return self.opts.max_batches is not None and self.stats.batches >= self.opts.max_batches
+
+    def _next_batch(self) -> Batch:
+        """The batch claimed ahead if there is one, else one claimed and prepared now."""
+        t0 = time.perf_counter()
+        batch = self.ahead.take() if self.ahead is not None else None
+        if batch is not None:
+            self.stats.claimed_ahead += 1
+        else:
+            self.sizer.measure()
+            with self.signals.critical():  # a stop must not land between COMMIT and the hold
+                claim = self._claim()
+                self.heartbeat.hold(claim)
+            batch = self.runner.prepare(claim) if claim.jobs else Batch(claim)
+        self.stats.wait_s += time.perf_counter() - t0
+        return batch
+
+    def _claim(self) -> queue.Claim:
+        return queue.claim(self.db, self.id, self.served.engine, self.sizer.for_spec, self.lease_s)
 
     def _say_what_we_wait_for(self, after_s: float = 5.0, every_s: float = 30.0) -> None:
         """Idle a while as other workers hold jobs: say whose, how many and until when."""
@@ -222,17 +252,15 @@ class Worker:
 
             score_items(self.db, job_ids=failed)
 
-    def _finish_claim(self) -> None:
+    def _finish(self, batch: Batch) -> None:
         with self.signals.critical():
-            if self.claim is not None:
-                self.heartbeat.drop(self.claim)
-            self.claim = None
+            self.heartbeat.drop(batch.claim)
 
     def _release(self) -> None:
-        if self.claim is not None and self.claim.jobs:
-            n = queue.release(self.db, self.claim)
+        """Give back every batch still held: the one running and the one claimed ahead."""
+        n = sum(queue.release(self.db, claim, ids) for claim, ids in self.heartbeat.held())
+        if n:
             log.info("worker %s released %d job(s)", self.id, n)
-        self.claim = None
 
 
 def _fixed_size(option: str | int, config: RunConfig) -> int | None:

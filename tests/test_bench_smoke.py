@@ -20,6 +20,7 @@ SCRIPTS = {
     "decoding.py": "### Dense 1 fps:",
     "seeded_sampling.py": "### Logits step at vocabulary 152,064",
     "explorer_scale.py": "### Explorer size and load time",
+    "gpu_throughput.py": "### Throughput: the original's loop vs egoqa",
 }
 
 

@@ -211,10 +211,11 @@ def _worker_answers(db_path: Path) -> dict[str, list[str]]:
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_sampled_answers_do_not_depend_on_batch_size_or_an_out_of_memory_split(
+def test_sampled_answers_do_not_depend_on_batch_size_an_out_of_memory_split_or_claiming_ahead(
     tmp_path, tiny_model, monkeypatch
 ):
-    """The real worker path, in process, on the sampling `demo` preset (5-sample turns)."""
+    """The real worker path, in process, on the sampling `demo` preset (5-sample turns); with
+    batches of 2, the next batch is claimed and prepared while one generates."""
     from egoqa.config import load_config
     from egoqa.dataset import load_nlq
     from egoqa.plan import enqueue_run
@@ -226,7 +227,8 @@ def test_sampled_answers_do_not_depend_on_batch_size_or_an_out_of_memory_split(
     assert config.generation.do_sample
     backend = None
     answers = {}
-    for name, size, oom_above in (("one", 1, None), ("four", 4, None), ("split", 4, 1)):
+    runs = (("one", 1, None, False), ("four", 4, None, False), ("split", 4, 1, False))
+    for name, size, oom_above, ahead in (*runs, ("ahead", 2, None, True)):
         db = open_db(tmp_path / f"{name}.db", create=True)
         enqueue_run(
             db, load_nlq(data.annotations, data.videos), config, load_style("stage_analysis"), "r"
@@ -235,12 +237,14 @@ def test_sampled_answers_do_not_depend_on_batch_size_or_an_out_of_memory_split(
         backend = backend or load_backend_for(served, "cpu")
         if oom_above:
             monkeypatch.setenv("EGOQA_INJECT_OOM_ABOVE", str(oom_above))
-        stats = Worker(db, served, backend, WorkerOptions(batch_size=size, until_done=True)).run()
+        options = WorkerOptions(batch_size=size, until_done=True, claim_ahead=ahead)
+        stats = Worker(db, served, backend, options).run()
         monkeypatch.delenv("EGOQA_INJECT_OOM_ABOVE", raising=False)
         # a sample ended at once by the random weights fails the job the same way in every run
         assert stats.failed <= stats.done and (stats.oom_splits > 0) == bool(oom_above)
+        assert (stats.claimed_ahead > 0) == ahead
         answers[name] = (stats.failed, _worker_answers(tmp_path / f"{name}.db"))
-    assert answers["one"] == answers["four"] == answers["split"]
+    assert answers["one"] == answers["four"] == answers["split"] == answers["ahead"]
     assert any(v and len(set(v)) > 1 for v in answers["one"][1].values()), "nothing was sampled"
 
 

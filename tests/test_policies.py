@@ -44,10 +44,16 @@ def test_visual_tokens_match_qwen_geometry():
     assert batching.visual_tokens(7, 112) == 4 * 4 * 4
 
 
+FRAMES_448 = {
+    "kind": "frames",
+    "sampler": {"kind": "uniform", "frames": 8, "fps": 1.0, "max_edge": 448, "max_frames": 768},
+}
+
+
 def test_auto_batch_size_is_free_memory_over_per_sample_bounded_by_what_was_learned():
     gib = 2**30
     per = batching.per_sample_bytes(
-        {"kind": "none"}, 1, per_sample_gb=2.0, gb_per_1k_visual_tokens=1, base_gb=0
+        FRAMES_448, 1, per_sample_gb=2.0, gb_per_1k_visual_tokens=1, base_gb=0
     )
     assert per == 2 * gib
     assert batching.auto_batch_size(20 * gib, per, 64) == 10
@@ -58,10 +64,7 @@ def test_auto_batch_size_is_free_memory_over_per_sample_bounded_by_what_was_lear
 
 
 def test_per_sample_estimate_grows_with_visual_tokens_and_samples():
-    media = {
-        "kind": "frames",
-        "sampler": {"kind": "uniform", "frames": 8, "fps": 1.0, "max_edge": 448, "max_frames": 768},
-    }
+    media = FRAMES_448
     one = batching.per_sample_bytes(
         media, 1, per_sample_gb=None, gb_per_1k_visual_tokens=1.5, base_gb=0.5
     )
@@ -72,6 +75,36 @@ def test_per_sample_estimate_grows_with_visual_tokens_and_samples():
         )
         == 5 * one
     )
+
+
+def test_a_text_turn_is_sized_by_its_own_tokens_not_by_the_frames_turns_figure():
+    mib = 2**20
+    policy = {"per_sample_gb": 12.0, "gb_per_1k_visual_tokens": 1.5, "base_gb": 0.5}
+    frames = batching.per_sample_bytes(FRAMES_448, 1, **policy)
+    short = batching.per_sample_bytes(
+        {"kind": "none"}, 1, **policy, text_tokens=1000, bytes_per_token=200_000
+    )
+    long = batching.per_sample_bytes(
+        {"kind": "none"}, 5, **policy, text_tokens=3000, bytes_per_token=200_000
+    )
+    assert frames == 12 * 1024 * mib  # the configured figure is for frames turns
+    assert short == 512 * mib + 1000 * 200_000  # base + its tokens' memory
+    assert long == 5 * (512 * mib + 3000 * 200_000)  # longer prompts, more samples: more
+    assert batching.auto_batch_size(60 * 1024 * mib, frames, 64) == 5
+    assert batching.auto_batch_size(60 * 1024 * mib, short, 128) == 87  # 60 GiB / 702.7 MiB
+    assert batching.text_tokens(prompt_chars=300, max_new_tokens=64) == 100 + 64
+
+
+def test_a_batch_is_cut_by_prompt_length_only_where_padding_costs_more_than_a_pass():
+    lengths, rows = [100, 5000, 120, 4800], [1, 1, 1, 1]
+    # a pass of 10 new tokens at 50 tokens a step costs 500: padding 3 rows to 5000 costs more
+    assert batching.length_groups(lengths, rows, new_tokens=10, step_tokens=50) == [[0, 2], [3, 1]]
+    # 768 new tokens: one more pass costs 384,000 tokens' worth, far more than the padding
+    assert batching.length_groups(lengths, rows, new_tokens=768, step_tokens=500) == [[0, 2, 3, 1]]
+    # uniform lengths never split, however cheap a pass
+    assert batching.length_groups([300] * 4, rows, new_tokens=1, step_tokens=1) == [[0, 1, 2, 3]]
+    assert batching.padding([100, 5000, 120, 4800], rows) == (10020, 4 * 5000 - 10020)
+    assert batching.padding([10, 20], [5, 1]) == (70, 50)  # samples count as rows
 
 
 def test_split_halves():

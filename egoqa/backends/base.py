@@ -1,7 +1,9 @@
 """The backend contract: a batch of `Request`s in, one `Result` per request out.
 
 A backend receives the whole batch and batches it itself. It raises `egoqa.errors.OutOfMemory`
-when the batch does not fit; the worker splits the batch in halves and retries.
+when the batch does not fit; the worker splits the batch in halves and retries. A backend may also
+offer `encode(requests)`, preparing inputs on the CPU, and accept its result as
+`generate(requests, encoded)`: the worker encodes the next batch while the current one generates.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The `transformers` backend: Qwen2.5-VL (or any image-text-to-text model) via `AutoProcessor`.
 
 Frames arrive decoded; they go through `qwen_vl_utils.process_vision_info` with their sampling
-rate as video metadata, so `second_per_grid_ts` is right. Only workers import this module.
+rate as video metadata, so `second_per_grid_ts` is right. `encode` prepares a batch's inputs on
+the CPU (the worker does it ahead, while the previous batch generates); `generate` runs them.
+Only workers import this module.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import copy
 import gc
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network unless asked to
@@ -22,7 +24,9 @@ import torch  # noqa: E402
 from qwen_vl_utils import process_vision_info  # noqa: E402
 from qwen_vl_utils.vision_process import smart_resize  # noqa: E402
 
+from egoqa.backends import loading  # noqa: E402
 from egoqa.backends.base import Frames, Request, Result, sample_seed  # noqa: E402
+from egoqa.backends.loading import DTYPES, is_oom  # noqa: E402,F401 -- re-exported
 from egoqa.backends.sampling import SeededSampling  # noqa: E402
 from egoqa.config import GenerationConfig  # noqa: E402
 from egoqa.errors import ConfigError, ModelLoadError, OutOfMemory  # noqa: E402
@@ -32,8 +36,6 @@ PATCH_SIZE, MERGE_SIZE = 14, 2
 FACTOR = PATCH_SIZE * MERGE_SIZE  # frame sides must be multiples of 28
 DEFAULT_MIN_PIXELS = 4 * FACTOR * FACTOR  # the checkpoint's own minimum (3136)
 DEFAULT_MAX_PIXELS = 768 * FACTOR * FACTOR  # qwen-vl-utils' per-frame video maximum
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_OOM_MARKERS = ("out of memory", "can't allocate memory", "defaultcpuallocator")
 
 
 @dataclass
@@ -56,6 +58,29 @@ class _Output:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Group:
+    """The rows of one `model.generate` call and their inputs, still on the CPU."""
+
+    settings: GenerationConfig
+    rows: list[_Row]
+    inputs: Any  # the processor's BatchFeature
+    video_extras: list[dict[str, Any]]
+
+
+@dataclass
+class Encoded:
+    """A batch's model inputs, prepared by `encode` for exactly these requests."""
+
+    requests: list[Request]
+    groups: list[_Group]
+
+    def matches(self, requests: list[Request]) -> bool:
+        return len(requests) == len(self.requests) and all(
+            a is b for a, b in zip(requests, self.requests, strict=True)
+        )
+
+
 class TransformersBackend:
     """Batched generation with `AutoModelForImageTextToText`, left padding, greedy or sampled."""
 
@@ -75,40 +100,69 @@ class TransformersBackend:
         max_pixels: int | None = None,
         min_pixels: int | None = None,
     ) -> None:
-        self.model_id = str(model)
+        target = loading.resolve_device(device)
+        loading.check_engine_support(attn_implementation, quantization, target)
+        load = {"trust_remote_code": trust_remote_code, "local_files_only": loading.offline()}
+        if revision is not None:
+            load["revision"] = revision
+        processor = loading.load_processor(str(model), load)
+        options = loading.model_options(
+            dtype, attn_implementation, quantization, device_map, target
+        )
+        loaded = loading.load_model(str(model), options, load)
+        if device_map is None and quantization is None:
+            loaded.to(target)
+        self._wrap(str(model), loaded, processor, min_pixels, max_pixels, quantization)
+
+    @classmethod
+    def from_parts(
+        cls,
+        name: str,
+        model,
+        processor,
+        *,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ) -> TransformersBackend:
+        """A backend around a model and processor already in memory (built, not loaded)."""
+        backend = cls.__new__(cls)
+        backend._wrap(name, model.eval(), processor, min_pixels, max_pixels, None)
+        return backend
+
+    def _wrap(self, name, model, processor, min_pixels, max_pixels, quantization) -> None:
+        self.model_id = name
         self.min_pixels = min_pixels or DEFAULT_MIN_PIXELS
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         if self.max_pixels < self.min_pixels:
             raise ConfigError(f"max_pixels {self.max_pixels} is below min_pixels {self.min_pixels}")
-        target = _resolve_device(device)
-        _check_engine_support(attn_implementation, quantization, target)
-        load = {"trust_remote_code": trust_remote_code, "local_files_only": _offline()}
-        if revision is not None:
-            load["revision"] = revision
-        self.processor = _load_processor(self.model_id, load)
-        options = _model_options(dtype, attn_implementation, quantization, device_map, target)
-        self.model = _load_model(self.model_id, options, load)
-        if device_map is None and quantization is None:
-            self.model.to(target)
-        self.device = _device_name(next(self.model.parameters()).device)
+        self.processor, self.model = processor, model
+        self.device = loading.device_name(next(self.model.parameters()).device)
         self.dtype = quantization or str(self.model.dtype).removeprefix("torch.")
         self.video_token_id = getattr(self.model.config, "video_token_id", None)
+        # A fast tokenizer is not safe to use from two threads at once ("Already borrowed"):
+        # inputs are encoded ahead in another thread while this one decodes answers.
+        self._tokenizer_lock = threading.Lock()
 
     # --- Backend protocol ----------------------------------------------------------------------
 
-    def generate(self, requests: list[Request]) -> list[Result]:
-        """One `Result` per request; raises `OutOfMemory` (after freeing memory) when it does not fit."""
+    def generate(self, requests: list[Request], encoded: Encoded | None = None) -> list[Result]:
+        """One `Result` per request; raises `OutOfMemory` (after freeing memory) when it does not fit.
+
+        `encoded` is what `encode` made of these very requests (used as is), or None.
+        """
         if not requests:
             return []
         start = time.perf_counter()
         oom = None
         try:
             _inject_oom(len(requests))
-            outputs = self._generate_all(requests)
+            if encoded is None or not encoded.matches(requests):
+                encoded = self.encode(requests)
+            outputs = self._generate_all(encoded)
         except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc):
                 raise
-            oom = _first_line(exc)
+            oom = loading.first_line(exc)
         if oom is not None:
             # Only now, outside the handler: the error's traceback holds the batch's tensors.
             self.clear_memory()
@@ -118,6 +172,14 @@ class TransformersBackend:
             )
         latency = time.perf_counter() - start
         return [_result(out, latency, len(requests)) for out in outputs]
+
+    def encode(self, requests: list[Request]) -> Encoded:
+        """The batch's model inputs on the CPU: chat text tokenised, frames cut into patches."""
+        groups = _group_rows(requests, self.min_pixels, self.max_pixels)
+        return Encoded(
+            list(requests),
+            [_Group(settings, rows, *self._encode(rows)) for settings, rows in groups.items()],
+        )
 
     def free_memory_bytes(self) -> int | None:
         """Bytes a batch could still use: free device memory plus what torch holds unused."""
@@ -129,6 +191,16 @@ class TransformersBackend:
 
         return int(psutil.virtual_memory().available)
 
+    def bytes_per_token(self) -> int:
+        """Memory one token of a sequence holds: its KV cache plus the prefill's activations."""
+        text = getattr(self.model.config, "text_config", self.model.config)
+        width = torch.finfo(self.model.dtype).bits // 8 if self.model.dtype.is_floating_point else 2
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * width
+        activations = (3 * text.intermediate_size + 4 * text.hidden_size) * width
+        return int(kv + activations)
+
     def clear_memory(self) -> None:
         gc.collect()
         if torch.cuda.is_available():
@@ -136,17 +208,15 @@ class TransformersBackend:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _generate_all(self, requests: list[Request]) -> list[_Output]:
-        outputs = [_Output() for _ in requests]
-        groups = _group_rows(requests, self.min_pixels, self.max_pixels)
-        for settings, rows in groups.items():
-            self._generate_group(settings, rows, outputs)
+    def _generate_all(self, encoded: Encoded) -> list[_Output]:
+        outputs = [_Output() for _ in encoded.requests]
+        for group in encoded.groups:
+            self._generate_group(group, outputs)
         return outputs
 
-    def _generate_group(
-        self, settings: GenerationConfig, rows: list[_Row], outputs: list[_Output]
-    ) -> None:
-        inputs, video_extras = self._encode(rows)
+    def _generate_group(self, group: _Group, outputs: list[_Output]) -> None:
+        settings, rows = group.settings, group.rows
+        inputs = group.inputs.to(self.model.device)
         config = self._generation_config(settings)
         processors = []
         if settings.do_sample:
@@ -159,27 +229,38 @@ class TransformersBackend:
                 **inputs, generation_config=config, logits_processor=processors
             )
         prompt_len = inputs["input_ids"].shape[1]
+        generated = sequences[:, prompt_len:].tolist()
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        visual = self._visual_tokens(inputs)
         eos_ids = _eos_ids(config, self.processor.tokenizer)
-        extras = iter(video_extras)  # one per video row, in row order
-        for i, row in enumerate(rows):
-            out = outputs[row.index]
-            self._record(out, inputs, i, sequences[i, prompt_len:].tolist(), eos_ids)
-            if row.frames is not None:
-                out.extra.update(next(extras))
+        extras = iter(group.video_extras)  # one per video row, in row order
+        with self._tokenizer_lock:
+            for i, row in enumerate(rows):
+                out = outputs[row.index]
+                self._record(out, generated[i], eos_ids)
+                out.prompt_tokens, out.visual_tokens = int(prompt_tokens[i]), int(visual[i])
+                if row.frames is not None:
+                    out.extra.update(next(extras))
 
-    def _encode(self, rows: list[_Row]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _visual_tokens(self, inputs) -> list[int]:
+        if self.video_token_id is None:
+            return [0] * inputs["input_ids"].shape[0]
+        return (inputs["input_ids"] == self.video_token_id).sum(dim=1).tolist()
+
+    def _encode(self, rows: list[_Row]) -> tuple[Any, list[dict[str, Any]]]:
         conversations = [row.conversation for row in rows]
-        texts = [
-            self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
         kwargs: dict[str, Any] = {}
         if any(row.frames is not None for row in rows):
             videos, metadata = _row_videos(rows)
             kwargs = {"videos": videos, "video_metadata": metadata, "do_sample_frames": False}
-        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
+        with self._tokenizer_lock:
+            texts = [
+                self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in conversations
+            ]
+            inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
         extras = _video_extras(inputs, rows, self._temporal_patch()) if kwargs else []
-        return inputs.to(self.model.device), extras
+        return inputs, extras
 
     def _temporal_patch(self) -> int:
         return int(getattr(self.processor.video_processor, "temporal_patch_size", 2))
@@ -196,17 +277,12 @@ class TransformersBackend:
             config.pad_token_id = self.processor.tokenizer.pad_token_id
         return config
 
-    def _record(
-        self, out: _Output, inputs, i: int, generated: list[int], eos_ids: set[int]
-    ) -> None:
+    def _record(self, out: _Output, generated: list[int], eos_ids: set[int]) -> None:
         tokens, stopped = _until_eos(generated, eos_ids)
         text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
         out.texts.append(text)
         out.finish_reasons.append(finish_reason(text, stopped))
         out.completion_tokens.append(len(tokens) + int(stopped))
-        out.prompt_tokens = int(inputs["attention_mask"][i].sum())
-        if self.video_token_id is not None:
-            out.visual_tokens = int((inputs["input_ids"][i] == self.video_token_id).sum())
 
 
 # --- requests to chat rows ---------------------------------------------------------------------
@@ -353,140 +429,6 @@ def _result(out: _Output, latency: float, batch_size: int) -> Result:
     )
 
 
-# --- loading -----------------------------------------------------------------------------------
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep in model[:1]
-
-
-def _check_model_path(model: str) -> None:
-    path = Path(model).expanduser()
-    if path.exists():
-        return
-    if _looks_like_path(model):
-        raise ModelLoadError(
-            f"model path {model} does not exist; pass an existing checkpoint directory "
-            "(build the tiny one with egoqa.tinymodel.build_tiny_model) or a hub id"
-        )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _load_error(model: str, exc: Exception) -> ModelLoadError:
-    first = _first_line(exc)
-    hint = " (offline: download it first, or set HF_HUB_OFFLINE=0)" if _offline() else ""
-    return ModelLoadError(f"cannot load model {model!r}{hint}: {first}")
-
-
-def _load_processor(model: str, load: dict[str, Any]):
-    from transformers import AutoProcessor
-
-    _check_model_path(model)
-    try:
-        return AutoProcessor.from_pretrained(model, padding_side="left", **load)
-    except Exception as exc:  # OSError, ValueError, EnvironmentError: all mean "not loadable"
-        raise _load_error(model, exc) from exc
-
-
-def _check_engine_support(
-    attn_implementation: str | None, quantization: str | None, device: torch.device
-) -> None:
-    """Refuse, in one line, an engine this machine cannot run (before loading any weights)."""
-    import importlib.util
-
-    if attn_implementation == "flash_attention_2":
-        if device.type != "cuda":
-            raise ModelLoadError(
-                "attn_implementation = 'flash_attention_2' needs a CUDA GPU: use 'sdpa' on "
-                f"{device.type}, or run the worker on a GPU"
-            )
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ModelLoadError(
-                "attn_implementation = 'flash_attention_2' needs the flash-attn package: "
-                "pip install flash-attn, or use attn_implementation = 'sdpa'"
-            )
-    if quantization == "nf4":
-        if device.type != "cuda":
-            raise ModelLoadError(
-                f"quantization = 'nf4' (bitsandbytes 4-bit) needs a CUDA GPU, not {device.type}: "
-                "drop the quantization or run the worker on a GPU"
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ModelLoadError(
-                "quantization = 'nf4' needs the bitsandbytes package: pip install bitsandbytes"
-            )
-
-
-def _model_options(
-    dtype: str,
-    attn_implementation: str | None,
-    quantization: str | None,
-    device_map: str | None,
-    device: torch.device,
-) -> dict[str, Any]:
-    """`from_pretrained` keywords for an engine: dtype, attention, 4-bit NF4, placement."""
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        # What the original pipeline used to fit 72B: NF4 with double quantisation, bf16 compute.
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        kwargs["device_map"] = device_map or {"": device.index or 0}
-    elif device_map is not None:
-        kwargs["device_map"] = device_map
-    return kwargs
-
-
-def _load_model(model: str, options: dict[str, Any], load: dict[str, Any]):
-    from transformers import AutoModelForImageTextToText
-
-    kwargs = dict(load, **options)
-    try:
-        return AutoModelForImageTextToText.from_pretrained(model, **kwargs).eval()
-    except Exception as exc:
-        if is_oom(exc):
-            raise ModelLoadError(
-                f"model {model!r} does not fit in memory; use a smaller dtype, "
-                "device_map='auto' over more GPUs, or a smaller model"
-            ) from exc
-        raise _load_error(model, exc) from exc
-
-
-def _torch_dtype(dtype: str):
-    if dtype == "auto":
-        return "auto"
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
-    return str(device)
-
-
 def _eos_ids(generation_config, tokenizer) -> set[int]:
     eos = generation_config.eos_token_id
     if eos is None:
@@ -495,13 +437,6 @@ def _eos_ids(generation_config, tokenizer) -> set[int]:
 
 
 # --- out of memory -----------------------------------------------------------------------------
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA out-of-memory errors and CPU allocator failures."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
 
 
 def _inject_oom(batch: int) -> None:
