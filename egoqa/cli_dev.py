@@ -20,7 +20,7 @@ def dev_tiny_model(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Build a tiny random Qwen2.5-VL (real processor classes) with save_pretrained, offline."""
-    from egoqa.cli import quiet_hugging_face
+    from egoqa.cli_work import quiet_hugging_face
     from egoqa.tinymodel import build_tiny_model
 
     if STATE.verbose == 0:
@@ -78,9 +78,13 @@ def demo(
     ] = "demo",
     verbose: VerboseOpt = 0,
 ) -> None:
-    """The offline demo: build the tiny model and synthetic dataset if missing, enqueue, work,
-    report, and write the run explorer (its path is the last line printed)."""
-    from egoqa.cli import _work_many, enqueue, quiet_hugging_face, status
+    """The offline demo: synthetic dataset + tiny model → enqueue, work, report, explorer.
+
+    Builds the tiny model and the synthetic dataset where missing; the explorer's path is the
+    last line printed.
+    """
+    from egoqa.cli import enqueue, status
+    from egoqa.cli_work import quiet_hugging_face, work_many
     from egoqa.synth import write_synth_dataset
     from egoqa.tinymodel import build_tiny_model
 
@@ -106,7 +110,7 @@ def demo(
         recompute=False,
         as_json=False,
     )
-    _work_many(None, "cpu", workers, (None, None), "auto", True, None, None)
+    work_many(None, "cpu", workers, (None, None), "auto", True, None, None)
     status(run="demo", as_json=False)
     _demo_summary()
     from egoqa.cli_report import demo_explorer

@@ -64,8 +64,11 @@ def report(
         typer.Option("--thumbs", min=0, help="With --html: frame thumbnails per turn (0: none)."),
     ] = 8,
 ) -> None:
-    """A run's metrics: overall, by query type, template and cluster, outcomes, failures (every
-    query counts); `--html DIR` writes a browsable explorer of every query."""
+    """A run's metrics by query type, template and cluster, outcomes and failures; --html: explorer.
+
+    Every enqueued query counts (a failure or an unparseable answer is a miss). `--out DIR`
+    writes results.json, results.csv and charts; `--html DIR` a browsable explorer of every query.
+    """
     from egoqa import report as rp
     from egoqa.cli import emit_table, open_database
     from egoqa.report_files import write

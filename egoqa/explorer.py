@@ -115,7 +115,7 @@ def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) 
 def _problem(row: dict, chain: list[dict]) -> dict:
     """Why a query has no scored prediction: the failure at its root, or the unparsed answer.
     (A turn after the graded one that failed shows in the card's turns, not as the outcome.)"""
-    failed = [job for job in chain if job["state"] in ("failed", "cancelled")]
+    failed = [job for job in chain if job["state"] == "failed"]
     if failed and rp.status_of(row) == "failed":
         first = failed[0]
         kind = first["error_kind"] or "failed"

@@ -15,19 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egoqa.grammar import original_bracketed, original_verdict_blocks
+from egoqa.store import results
 from egoqa.store.db import Database
 
 VERDICT_STYLES = "coarse_cot"  # style names starting so are scored by their verdict blocks
-
-_ROWS = """
-SELECT c.video_uid, c.clip_uid, q.annotation_uid, q.query_idx, q.text, q.extra, q.gt_start,
-       q.gt_end, j.state, j.response, j.responses
-  FROM run_items ri JOIN runs r ON r.id = ri.run_id
-  JOIN queries q ON q.id = ri.query_id JOIN clips c ON c.id = q.clip_id
-  JOIN jobs j ON j.id = ri.graded_job_id
- WHERE r.name = :run
- ORDER BY c.video_uid, c.clip_uid, q.annotation_uid, q.query_idx
-"""
 
 
 @dataclass(frozen=True)
@@ -107,7 +98,7 @@ def summarize(run: str, style: str, samples: int, instances: list[dict]) -> dict
         "samples": samples,
         "n": len(instances),
         "done": states.count("done"),
-        "failed": states.count("failed") + states.count("cancelled"),
+        "failed": states.count("failed"),
         **{k: v for k, v in _accuracy(instances, "correct").items() if k != "n"},
         "segments_listed": sum(i["listed"] for i in instances),
     }
@@ -123,10 +114,7 @@ def summarize(run: str, style: str, samples: int, instances: list[dict]) -> dict
 
 
 def _rows(db: Database, run: str) -> list[dict]:
-    with db.read() as cur:
-        raw = cur.execute(_ROWS, {"run": run})
-        columns = [d[0] for d in raw.description]
-        rows = [dict(zip(columns, r, strict=True)) for r in raw.fetchall()]
+    rows = results.graded_answers(db, run)
     for row in rows:  # the query as the annotation wrote it, tool labels included
         extra, text = json.loads(row.pop("extra") or "{}"), row.pop("text")
         row["raw_query"] = extra.get("query_raw") or text

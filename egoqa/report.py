@@ -17,7 +17,7 @@ from typing import Any
 
 from egoqa.errors import EgoqaError
 from egoqa.evaluate import Outcome, Scores, failed_scores, summarize, union_length
-from egoqa.store import skips
+from egoqa.store import results, skips
 from egoqa.store.db import Database
 from egoqa.store.read import run_exists
 
@@ -89,17 +89,10 @@ class RunData:
 # --- loading -----------------------------------------------------------------------------------
 
 
-def records(db: Database, sql: str, params: dict | None = None) -> list[dict]:
-    with db.read() as cur:
-        raw = cur.execute(sql, params)
-        columns = [d[0] for d in raw.description]
-        return [dict(zip(columns, r, strict=True)) for r in raw.fetchall()]
-
-
 def status_of(row: dict) -> str:
-    """done, failed (cancelled counts as failed: it will not finish) or pending."""
+    """done, failed or pending (blocked, ready or running)."""
     state = row["state"]
-    return state if state in ("done", "failed") else "failed" if state == "cancelled" else "pending"
+    return state if state in ("done", "failed") else "pending"
 
 
 def has_truth(row: dict) -> bool:
@@ -124,16 +117,8 @@ def outcome_of(row: dict) -> str:
 def load_run(db: Database, run: str) -> RunData:
     """The run's results rows and settings; UnknownRun names the runs there are."""
     run_exists(db, run)
-    meta = records(
-        db,
-        "SELECT config, style, graded_turn, created_at, provenance FROM runs WHERE name = :run",
-        {"run": run},
-    )[0]
-    rows = records(
-        db,
-        "SELECT * FROM results WHERE run = :run ORDER BY clip_uid, annotation_uid, query_idx",
-        {"run": run},
-    )
+    meta = results.run_settings(db, run)
+    rows = results.run_results(db, run)
     return RunData(
         run=run,
         rows=rows,
@@ -286,11 +271,7 @@ def outcomes(data: RunData) -> list[dict]:
 
 def failures(db: Database, data: RunData) -> list[dict]:
     """Failed jobs by kind: how many, on which turns, how many queries they cost, an example."""
-    jobs = records(
-        db,
-        "SELECT kind, turn, message FROM failures WHERE run = :run ORDER BY job_id",
-        {"run": data.run},
-    )
+    jobs = results.run_failures(db, data.run)
     lost = Counter(r["error_kind"] or "unknown" for r in data.rows if status_of(r) == "failed")
     out = []
     for kind in dict.fromkeys([*(j["kind"] or "unknown" for j in jobs), *lost]):

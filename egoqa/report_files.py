@@ -12,18 +12,14 @@ from typing import Any
 from egoqa import __version__
 from egoqa.output import ensure_folder, errors_as_one_line
 from egoqa.provenance import git_hash, package_versions
-from egoqa.report import RunData, load_run, outcome_of, records, status_of
+from egoqa.report import RunData, load_run, outcome_of, status_of
+from egoqa.store import results
 from egoqa.store.db import Database
 
 
 def provenance(db: Database, data: RunData) -> dict[str, Any]:
     """What produced these results: config, code version, packages, and the workers that ran it."""
-    workers = records(
-        db,
-        """SELECT id, host, device, model, started_at, stopped_at, jobs_done FROM workers
-            WHERE id IN (SELECT worker_id FROM turns WHERE run = :run) ORDER BY started_at, id""",
-        {"run": data.run},
-    )
+    workers = results.run_workers(db, data.run)
     return {
         "run": data.run,
         "created_at": data.created_at,
@@ -42,20 +38,9 @@ def provenance(db: Database, data: RunData) -> dict[str, Any]:
     }
 
 
-_TURNS_OF_ITEMS = """
-SELECT c.clip_uid, q.annotation_uid, q.query_idx, ij.turn_index, ij.turn_name, j.id, j.state,
-       j.prompt, j.response, j.responses, j.finish_reason, j.error_kind, j.error
-  FROM run_items ri JOIN runs r ON r.id = ri.run_id
-  JOIN queries q ON q.id = ri.query_id JOIN clips c ON c.id = q.clip_id
-  JOIN item_jobs ij ON ij.item_id = ri.id JOIN jobs j ON j.id = ij.job_id
- WHERE r.name = :run
- ORDER BY c.clip_uid, q.annotation_uid, q.query_idx, ij.turn_index
-"""
-
-
 def _turns_by_item(db: Database, run: str) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
-    for t in records(db, _TURNS_OF_ITEMS, {"run": run}):
+    for t in results.turns_of_items(db, run):
         key = (t["clip_uid"], t["annotation_uid"], t["query_idx"])
         turn = {"turn_index": t["turn_index"], "turn": t["turn_name"], "job_id": t["id"]}
         turn |= {k: t[k] for k in ("state", "prompt", "response")}
