@@ -134,7 +134,9 @@ def run_original(db_path: Path, data, config, backend, decoder, device: str) -> 
             if per_clip[turn] and (video_uid, turn) in cached:
                 continue
             path, offset, duration = clip_video(db, job.clip_id)
-            request, context = rendering.build_request(db, job, path, offset, duration, decoder)
+            ((request, context),) = rendering.build_requests(
+                db, job, path, offset, duration, decoder
+            )  # the workload has no per-segment turn: one request a job
             t1 = time.perf_counter()
             (result,) = backend.generate([request])
             out.generate_s += time.perf_counter() - t1

@@ -102,7 +102,7 @@ def one_run(data, config, backend, db_path: Path, ahead: bool) -> dict[str, floa
     timers = Timers()
     for (module, name), part in QUEUE_CALLS.items():
         timers.wrap(module, name, part)
-    timers.wrap(rendering, "build_request", "prepare")
+    timers.wrap(rendering, "build_requests", "prepare")
     timers.wrap(backend, "encode", "encode inputs")
     timers.wrap(worker.runner.decoder, "frames", "frames (decode)")
     timers.wrap(worker.runner.decoder, "prefetch", "frames (prefetch)")

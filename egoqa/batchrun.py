@@ -144,7 +144,7 @@ class BatchRunner:
         batch = Batch(claim)
         parents = self._parents(claim)
         self._prefetch_frames(claim, parents)
-        ready = [p for job in claim.jobs if (p := self._prepare(batch, job))]
+        ready = [p for job in claim.jobs for p in self._prepare(batch, job)]
         batch.groups = self._cut(ready)
         batch.encoded = [self._encode(group) for group in batch.groups]
         self.stats.prepare_s += time.perf_counter() - t0
@@ -164,7 +164,6 @@ class BatchRunner:
             media = job.spec["media"]
             if media["kind"] == "none" or media["sampler"]["kind"] == "shots":
                 continue  # nothing to decode; keyframes wait for the shots, found when prepared
-                continue
             path, offset, duration = self.clip(job.clip_id)
             chosen = {SEGMENTS: parents.get(media.get("from"), "") or ""}
             try:
@@ -174,21 +173,20 @@ class BatchRunner:
             wanted.append((path, offset, timestamps, media["sampler"]["max_edge"], duration))
         self.decoder.prefetch(wanted, workers=self.decode_threads)
 
-    def _prepare(self, batch: Batch, job: queue.ClaimedJob) -> Prepared | None:
+    def _prepare(self, batch: Batch, job: queue.ClaimedJob) -> list[Prepared]:
+        """The job's requests (one, or one per segment); none where it cannot be prepared."""
         from egoqa import rendering
 
         try:
             path, offset, duration = self.clip(job.clip_id)
-            request, context = rendering.build_request(
-                self.db, job, path, offset, duration, self.decoder
-            )
-            return Prepared(job, request, context)
+            built = rendering.build_requests(self.db, job, path, offset, duration, self.decoder)
+            return [Prepared(job, request, context) for request, context in built]
         except VideoError as exc:
             batch.failed.append((job.id, exc.kind, str(exc), False))
         except Exception as exc:  # a bug preparing one job must not take its batch down
             log.exception("job %d: preparing the request failed", job.id)
             batch.failed.append((job.id, "prepare_error", f"{type(exc).__name__}: {exc}", True))
-        return None
+        return []
 
     def _cut(self, items: list[Prepared]) -> list[list[Prepared]]:
         """Groups of similar prompt length, where that saves more prefill than a pass costs."""

@@ -106,6 +106,7 @@ class TurnOverride(_Frozen):
     model: str | None = None
     sampler: dict[str, Any] = {}
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
+    per_segment: bool | None = None  # a segments turn: one call per chosen segment
 
     @field_validator("sampler")
     @classmethod
@@ -188,7 +189,7 @@ def allowed_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[s
 
 # `--set turns.answer.model=...`: a turn override, for any turn name.
 _TURN_KEY = re.compile(
-    r"turns\.[A-Za-z_][\w-]*\.(?:model|max_new_tokens|sampler\.(?:"
+    r"turns\.[A-Za-z_][\w-]*\.(?:model|max_new_tokens|per_segment|sampler\.(?:"
     + "|".join(SamplerConfig.model_fields)
     + r"))"
 )
@@ -243,7 +244,9 @@ def apply_override(data: dict, assignment: str) -> None:
     if not _known_key(key):
         hint = near_keys(key)
         if key.startswith("turns."):
-            hint = "a turn takes turns.<turn>.model, .max_new_tokens or .sampler.<key>"
+            hint = (
+                "a turn takes turns.<turn>.model, .max_new_tokens, .per_segment or .sampler.<key>"
+            )
         raise ConfigError(f"--set: unknown key {key!r}; {hint}")
     *parents, leaf = key.split(".")
     node = data

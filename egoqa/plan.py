@@ -173,6 +173,7 @@ def turn_spec(
         "samples": turn.samples,
         "select": list(turn.select),
         **({"zoom": zoom_block(turn, query)} if turn.repeat_until is not None else {}),
+        **({"per_segment": True} if turn.per_segment else {}),
     }
 
 

@@ -45,6 +45,7 @@ _TURN_KEYS = {
     "repeat_until",
     "window_from",
     "zoom",
+    "per_segment",
 }
 
 
@@ -68,6 +69,9 @@ class Turn:
     repeat_until: dict[str, Any] | None = None
     window_from: str | None = None
     zoom: str = "model"
+    # media 'segments': one call per chosen segment (the original's answer pass), each seeing
+    # only that segment's frames, instead of one call over all of them; answers are joined.
+    per_segment: bool = False
 
     def placeholders(self) -> set[str]:
         """The fields its template names (templates are checked for balanced braces on load)."""
@@ -120,16 +124,24 @@ class Style:
         turns = tuple(
             _override(t, overrides[t.name]) if t.name in overrides else t for t in self.turns
         )
+        for t in turns:
+            if t.name in overrides:
+                _validate_per_segment(t, f"the config's [turns.{t.name}]")
         return replace(self, turns=turns)
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "description": self.description,
-            "turns": [
-                t.__dict__ | {"reads": list(t.reads), "select": list(t.select)} for t in self.turns
-            ],
+            "turns": [_turn_dict(t) for t in self.turns],
         }
+
+
+def _turn_dict(t: Turn) -> dict:
+    d = t.__dict__ | {"reads": list(t.reads), "select": list(t.select)}
+    if not t.per_segment:  # a stored style (and its run's plan hash) stays as it was without it
+        del d["per_segment"]
+    return d
 
 
 def _override(turn: Turn, o) -> Turn:
@@ -138,6 +150,7 @@ def _override(turn: Turn, o) -> Turn:
         model=o.model or turn.model,
         sampler={**turn.sampler, **o.sampler},
         max_new_tokens=o.max_new_tokens or turn.max_new_tokens,
+        per_segment=turn.per_segment if o.per_segment is None else o.per_segment,
     )
 
 
@@ -191,6 +204,7 @@ def _parse_turn(d: Any, i: int, origin: str) -> Turn:
             repeat_until=_repeat_until(d.get("repeat_until"), d["name"], origin),
             window_from=d.get("window_from"),
             zoom=d.get("zoom", "model"),
+            per_segment=_flag(d.get("per_segment", False), "per_segment"),
         )
     except (TypeError, ValueError) as exc:
         raise StyleError(f"{origin}: turn {d['name']!r}: {exc}") from None
@@ -229,6 +243,25 @@ def _validate_zoom(t: Turn, seen: list[str], where: str) -> None:
         raise StyleError(f"{where}: window_from needs media = 'frames' (frames of that window)")
 
 
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _validate_per_segment(t: Turn, where: str) -> None:
+    if not t.per_segment:
+        return
+    if t.media != "segments":
+        raise StyleError(f"{where}: per_segment needs media = 'segments' (a call per segment)")
+    if t.samples != 1:
+        raise StyleError(
+            f"{where}: per_segment takes one sample (each segment's call answers once)"
+        )
+    if t.graded:
+        raise StyleError(f"{where}: a per_segment turn cannot be graded (its answers are joined)")
+
+
 def _validate_sampler(t: Turn, where: str) -> None:
     from egoqa.config import SamplerConfig
 
@@ -260,6 +293,7 @@ def _validate(style: Style, origin: str) -> None:
                     f"{where}: reads {r!r}, which is not an earlier turn ({', '.join(seen) or 'none'})"
                 )
         _validate_zoom(t, seen, where)
+        _validate_per_segment(t, where)
         _validate_sampler(t, where)
         if t.samples < 1 or t.samples > 64:
             raise StyleError(f"{where}: samples must be between 1 and 64")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from egoqa.backends.base import Request, Result
 from egoqa.errors import OutOfMemory
@@ -65,7 +65,7 @@ class Recorder:
     def record(self, claim: queue.Claim, outcomes: list[tuple[Prepared, object]]) -> None:
         """Results and failures of one generated chunk."""
         done: list[tuple[Prepared, Result]] = []
-        for item, outcome in outcomes:
+        for item, outcome in joined(outcomes):
             if isinstance(outcome, Result):
                 done.append((item, outcome))
             elif isinstance(outcome, OutOfMemory):
@@ -150,6 +150,49 @@ class Recorder:
             from egoqa.scoring import score_items
 
             score_items(self.db, job_ids=job_ids)
+
+
+def joined(outcomes: list[tuple[Prepared, object]]) -> list[tuple[Prepared, object]]:
+    """One outcome a job: a per-segment job's calls become one, its answers joined a line per
+    segment (`12s - 30s: ...`, in time order); any call that failed fails the job."""
+    by_job: dict[int, list[tuple[Prepared, object]]] = {}
+    for item, outcome in outcomes:
+        by_job.setdefault(item.job.id, []).append((item, outcome))
+    out = []
+    for parts in by_job.values():
+        if "part" not in parts[0][0].context:
+            out.extend(parts)
+            continue
+        parts.sort(key=lambda p: p[0].context["part"])
+        failed = [(item, o) for item, o in parts if not isinstance(o, Result)]
+        out.append(failed[0] if failed else _join(parts))
+    return out
+
+
+def _join(parts: list[tuple[Prepared, Result]]) -> tuple[Prepared, Result]:
+    from egoqa.prompts import fmt_range
+
+    answers = [(item.context["segment"], res.texts[0].strip()) for item, res in parts]
+    text = "\n".join(f"{fmt_range(*seg)}: {a or '(no answer)'}" for seg, a in answers)
+    text = text if any(a for _, a in answers) else ""
+    results = [res for _, res in parts]
+    finish = "length" if any(r.finish_reasons[0] == "length" for r in results) else "stop"
+    merged = Result(
+        texts=[text],
+        finish_reasons=[finish if text else "empty"],
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        visual_tokens=sum(r.visual_tokens for r in results),
+        completion_tokens=[sum(sum(r.completion_tokens) for r in results)],
+        latency_s=max(r.latency_s for r in results),
+        batch_size=max(r.batch_size for r in results),
+    )
+    first = parts[0][0]
+    prompt = "\n\n".join(
+        f"[call {i + 1} of {len(parts)}: {fmt_range(*item.context['segment'])}]\n"
+        f"{item.request.prompt}"
+        for i, (item, _) in enumerate(parts)
+    )
+    return Prepared(first.job, replace(first.request, prompt=prompt), first.context), merged
 
 
 def _settle(cur, job_ids: list[int]) -> None:

@@ -7,7 +7,7 @@ first job of a clip pays for the detection, every later one (any worker, any run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -101,15 +101,51 @@ def _frames(spec: dict, timing: Timing, video_path: str, offset: float, duration
     return stamp_frames(frames, labels)
 
 
-def build_request(
+def build_requests(
     db: Database, job: ClaimedJob, video_path: str, offset: float, duration: float, decoder
+) -> list[tuple[Request, dict]]:
+    """The requests for one job, each with the context its selection rules need: one, or with
+    `per_segment` one per chosen segment (its context says which: `part`, `parts`, `segment`)."""
+    spec = job.spec
+    parents = parent_responses(db, spec)
+    segments = _chosen_segments(parents, duration) if spec.get("per_segment") else []
+    if len(segments) < 1:
+        timing = media_timing(db, spec, video_path, duration, parents)
+        return [_request(job, parents, timing, video_path, offset, duration, decoder)]
+    from egoqa.frames import segment_timestamps
+
+    sampler = sampler_from(spec["media"]["sampler"])
+    out = []
+    for i, segment in enumerate(segments):
+        timing = Timing(segment_timestamps(sampler, [segment], duration))
+        request, context = _request(job, parents, timing, video_path, offset, duration, decoder)
+        seed = (request.seed + i) & (2**63 - 1)  # a stream of its own for each segment's call
+        context |= {"part": i, "parts": len(segments), "segment": segment}
+        out.append((replace(request, seed=seed), context))
+    return out
+
+
+def _chosen_segments(parents: dict[str, str], duration: float) -> list[tuple[float, float]]:
+    """The distinct segments the parent chose, clipped to the clip, in time order."""
+    clipped = {
+        (max(0.0, s.start), min(duration, s.end))
+        for s in parse_segments(parents.get(SEGMENTS), duration)
+    }
+    return sorted((a, b) for a, b in clipped if b > a)
+
+
+def _request(
+    job: ClaimedJob,
+    parents: dict[str, str],
+    timing: Timing,
+    video_path: str,
+    offset: float,
+    duration: float,
+    decoder,
 ) -> tuple[Request, dict]:
-    """The request for one job, and the context its selection rules need."""
     from egoqa.selection import parse_stage_names
 
     spec = job.spec
-    parents = parent_responses(db, spec)
-    timing = media_timing(db, spec, video_path, duration, parents)
     frames = _frames(spec, timing, video_path, offset, duration, decoder)
     reads = {k: v for k, v in parents.items() if k != SEGMENTS}
     prompt = render_template(
