@@ -118,7 +118,10 @@ def test_an_answer_only_run_reports_answers_and_no_scores(cli, data):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (("coarse_cot_shots",), ("locate, answer", "repeat_until / window_from")),
+        (
+            ("coarse_cot", "--set", "turns.verdicts.per_segment=true"),
+            ("[turns.verdicts]", "per_segment needs media = 'segments'"),
+        ),
         (("coarse_cot", "--set", "sampler.kind=shots"), ("turn 'answer'", "uniform or dense")),
         (("coarse_cot", "--set", "turns.anwser.model=x"), ("anwser", "its turns: scenario")),
     ],
