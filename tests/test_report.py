@@ -303,7 +303,7 @@ def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_mode
         assert names == ["scenario", "transitions", "segments", "answer"]
         for t in instance["turns"]:
             assert t["state"] == "done" or t["error_kind"] in RANDOM_WEIGHT_FAILURES, t
-            assert t["prompt"] or t["error_kind"] == "upstream", t
+            assert t["prompt"] or t["error_kind"] in RANDOM_WEIGHT_FAILURES, t
         if instance["turns"][2]["state"] == "done":
             assert len(instance["turns"][2]["responses"]) == 5  # the graded turn's samples
     assert any(all(t["state"] == "done" for t in i["turns"]) for i in doc["instances"])
