@@ -279,7 +279,9 @@ def test_workers_killed_mid_run_give_the_same_sampled_answers_as_an_uninterrupte
             p.wait()
             kills += 1
     chaos("work", "--until-done", timeout=300)  # reaps what the dead held
-    assert kills == 4 and _done(db) == len(reference)
+    # every answer as the calm run drew it (an empty generation of the random weights included:
+    # it fails the same job in both runs)
+    assert kills == 4 and _done(db) == _done(open_db(tmp_path / "calm.db")) >= len(reference) // 2
     assert _worker_answers(tmp_path / "chaos.db") == reference
 
 
