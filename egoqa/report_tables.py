@@ -101,9 +101,10 @@ def tables(report: dict) -> list[TableSpec]:
         title = f"by cluster of meaning ({report['cluster_method']}{', %' if unit else ''})"
         out.append(TableSpec(title, *_metric_table(report["by_cluster"], "cluster"), True))
     if report["outcomes"]:
-        columns = list(report["outcomes"][0])
+        # "type" for query_type: the nine columns then fit an 80-column terminal whole
+        columns = ["type" if c == "query_type" else c for c in report["outcomes"][0]]
         rows = [tuple(r.values()) for r in report["outcomes"]]
-        out.append(TableSpec("outcomes by query type", columns, rows))
+        out.append(TableSpec("outcomes by query type", columns, rows, True))
     if report["answers"]:
         out.append(_answers_table(report))
     if report["failures"]:

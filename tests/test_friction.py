@@ -190,5 +190,9 @@ def test_the_by_template_table_fits_80_columns(worked, db_path, tmp_path, monkey
     (row,) = [x for x in lines[start:] if x.startswith("Objects: Where is object X")]
     # n failed pending, then cov len R1@.3 R1@.5 mIoU
     assert re.fullmatch(r"Objects: Where is object X[^…]*…\s+1\s+0\s+0(\s+\d+\.\d){5}", row), row
+    # the nine-column outcomes table fits too, every header whole
+    (header,) = [x for x in lines if x.startswith("type ")]
+    assert "…" not in header and header.split()[:3] == ["type", "n", "covered"]
+    assert header.split()[-2:] == ["failed", "pending"]
     monkeypatch.setenv("COLUMNS", "200")  # room enough: nothing is cut
     assert LONG in InProcess(db, tmp_path)("report", "--run", "baseline").stdout
