@@ -337,6 +337,7 @@ def enqueue_missing_model(cli, pristine) -> dict:
     return snapshot(Path(cli.db))
 
 
+@pytest.mark.slow
 def test_a_model_path_that_does_not_exist_stops_the_worker_with_one_line(cli, db, pristine):
     before = enqueue_missing_model(cli, pristine)
     p = cli("work", "--until-done", check=False)
@@ -345,6 +346,7 @@ def test_a_model_path_that_does_not_exist_stops_the_worker_with_one_line(cli, db
     assert ("ready",) in rows(db, "SELECT DISTINCT state FROM jobs")
 
 
+@pytest.mark.slow
 def test_the_supervisor_does_not_restart_workers_that_cannot_load_the_model(cli, db, pristine):
     before = enqueue_missing_model(cli, pristine)
     t0 = time.monotonic()

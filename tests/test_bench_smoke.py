@@ -25,6 +25,7 @@ SCRIPTS = {
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
+@pytest.mark.slow
 def test_benchmark_runs_quick_and_prints_its_table(script):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(

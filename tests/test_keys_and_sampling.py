@@ -109,6 +109,7 @@ def test_a_changed_query_text_or_video_repoints_the_run_at_new_jobs(tmp_path, da
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_two_dtypes_of_one_model_run_each_in_their_own(tmp_path, data, tiny_model):
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     model = ("--set", f"model={json.dumps(str(tiny_model))}", "--set", "style=baseline")

@@ -270,6 +270,7 @@ print("HEAVY", heavy)
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_model, tmp_path):
     from PIL import Image
 

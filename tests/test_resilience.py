@@ -216,6 +216,7 @@ def stop_outside_a_write(proc: subprocess.Popen, db_path: Path) -> None:
     raise AssertionError("could not pause the worker outside a write transaction")
 
 
+@pytest.mark.slow
 def test_paused_worker_that_lost_its_lease_cannot_overwrite_and_carries_on(
     synth, cli, db_path, tmp_path
 ):
@@ -283,6 +284,7 @@ def work_args(workers: int, *extra: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize(("signum", "before", "after"), GRACEFUL)
+@pytest.mark.slow
 def test_signal_releases_held_jobs_at_once_and_a_different_pool_finishes(
     signum, before, after, synth, cli, db_path, tmp_path
 ):

@@ -245,6 +245,7 @@ def test_a_preset_name_means_the_preset_even_beside_a_file_of_that_name(tmp_path
     assert json.loads(out.stdout)["jobs_total"] > 0
 
 
+@pytest.mark.slow
 def test_a_model_directory_given_relative_is_found_from_any_directory(tmp_path, synth, tiny_model):
     here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     shutil.copytree(tiny_model, here / "models" / "tiny")

@@ -134,6 +134,7 @@ template = "{again} Q: {query} Frames at {timestamps}."
     assert worker.runner.decoder.hits >= stats.done - 2
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_request_at_a_time(cli, small, tiny_model, tmp_path):
     outputs = []
     for size in ("1", "8"):
@@ -159,6 +160,7 @@ def test_batched_generation_equals_one_request_at_a_time(cli, small, tiny_model,
     assert max(b for _, b in single.values()) == 1 and max(b for _, b in batched.values()) > 1
 
 
+@pytest.mark.slow
 def test_an_oom_above_k_is_split_until_it_fits_and_k_is_learned(cli, small, tiny_model, db_path):
     enqueue(cli, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=8")
     p = cli("work", "--until-done", env={"EGOQA_INJECT_OOM_ABOVE": "2"})
@@ -188,6 +190,7 @@ def test_an_oom_above_k_is_split_until_it_fits_and_k_is_learned(cli, small, tiny
     assert "0 OOM splits" in p2.stderr
 
 
+@pytest.mark.slow
 def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(
     cli, small, tiny_model, db_path
 ):
@@ -206,6 +209,7 @@ def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(
         assert cur.all("SELECT DISTINCT outcome, correct FROM run_items") == [("failed", 0)]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(
     cli, small, tiny_model, db_path
 ):

@@ -116,6 +116,7 @@ def _length(window) -> float:
     return window[1] - window[0]
 
 
+@pytest.mark.slow
 def test_re_enqueueing_a_zoomed_run_changes_nothing_and_a_new_answer_reuses_the_levels(
     tmp_path, cut_data
 ):
@@ -138,6 +139,7 @@ def test_re_enqueueing_a_zoomed_run_changes_nothing_and_a_new_answer_reuses_the_
     assert {q: c["locate"] for q, c in z.items()} == {q: c["locate"] for q, c in o.items()}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_zoom_loses_no_level_and_repeats_none(tmp_path, cut_data):
     calm = Cli(tmp_path / "calm.db", tmp_path)
     enqueue(calm, cut_data)
@@ -169,6 +171,7 @@ def test_a_worker_killed_mid_zoom_loses_no_level_and_repeats_none(tmp_path, cut_
     assert {n for _, n in per_job} == {1}, "a level was computed twice"
 
 
+@pytest.mark.slow
 def test_an_oracle_zoom_follows_the_ground_truth_is_labelled_and_not_exported_by_default(
     tmp_path, cut_data
 ):
