@@ -215,7 +215,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
         emit_table("held by workers now", list(held[0]), [tuple(h.values()) for h in held])
     stops = st.zoom_stops(db)
     if stops:
-        title = "zooms that stopped short of their window (the failures view lists each)"
+        title = "zoom stops by reason (each in the failures view)"
         emit_table(title, ["reason", "levels"], list(stops.items()))
     states = st.job_states(db)
     typer.echo("all jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"))

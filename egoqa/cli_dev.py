@@ -45,6 +45,12 @@ def dev_synth_dataset(
             "--test-split", help="Also write nlq_test_unannotated.json (no answer windows)."
         ),
     ] = False,
+    cuts: Annotated[
+        int,
+        typer.Option(
+            "--cuts", min=0, help="Hard cuts per clip, at random times (for the shots sampler)."
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -59,6 +65,7 @@ def dev_synth_dataset(
         full_scale=full_scale,
         quirks=quirks,
         test_split=test_split,
+        cuts_per_clip=cuts,
         seed=seed,
     )
     typer.echo(

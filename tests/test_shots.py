@@ -182,3 +182,16 @@ def test_a_shots_run_shows_one_stamped_keyframe_per_detected_shot(
 def _t(seconds: float) -> str:
     r = round(seconds, 1)
     return f"{int(r)}s" if r == int(r) else f"{r}s"
+
+
+def test_synth_dataset_cuts_renders_clips_the_shots_sampler_can_split(tmp_path):
+    """`egoqa dev synth-dataset --cuts N`: every clip has N hard cuts a detector finds."""
+    from inproc import InProcess
+
+    InProcess(None, tmp_path)("dev", "synth-dataset", "d", "--clips", "2", "--cuts", "2")
+    ann = json.loads((tmp_path / "d" / "annotations" / "nlq_val.json").read_text())
+    clips = [c["clip_uid"] for v in ann["videos"] for c in v["clips"]]
+    for clip_uid in clips:
+        found = detect_cuts(tmp_path / "d" / "videos" / f"{clip_uid}.mp4", 0.0, 24.0,
+                            detector_spec(SHOTS))  # fmt: skip
+        assert len(found.cuts) == 2, clip_uid
