@@ -308,6 +308,9 @@ _register_report(app)
 
 def main() -> None:
     """Console entry point: the error boundary for the project's own errors."""
+    from egoqa.stopping import unblock_stop_signals
+
+    unblock_stop_signals()  # Ctrl-C and SIGTERM reach every command, whatever mask we inherited
     try:
         app()
     except EgoqaError as exc:

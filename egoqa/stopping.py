@@ -20,6 +20,13 @@ SUPERVISOR_ENV = "EGOQA_SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1
 
 
+def unblock_stop_signals() -> None:
+    """Let SIGINT and SIGTERM through in this thread and the threads it starts: a process
+    inherits its parent thread's signal mask across exec, and a worker started by a thread that
+    blocked them (a scheduler's, a test runner's) would otherwise never see a stop."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def supervisor_pid() -> int | None:
     """The pid of the `egoqa work` that started this worker, if one did."""
     value = os.environ.get(SUPERVISOR_ENV, "")
@@ -71,6 +78,7 @@ class StopSignals:
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
+            unblock_stop_signals()
 
     def restore(self) -> None:
         for s, h in self._old.items():

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from egoqa.errors import ConfigError
+from egoqa.stopping import unblock_stop_signals
 
 log = logging.getLogger("egoqa.supervisor")
 
@@ -151,6 +152,7 @@ class Supervisor:
             self.stop_signal = signum
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        unblock_stop_signals()
         return lambda: [signal.signal(s, h) for s, h in old.items()]
 
     def _stop_all(self, grace_s: float = 30.0) -> None:

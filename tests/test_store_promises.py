@@ -320,6 +320,34 @@ def test_worker_stopped_by_a_signal_exits_128_plus_the_signal_after_releasing(tm
             assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == 0
 
 
+def _blocked_stop_signals() -> None:
+    """What a child inherits from a parent thread that blocked SIGINT and SIGTERM (the mask
+    survives exec): such a worker would never see a stop unless it unblocks them itself."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(tmp_path, synth, sig):
+    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    proc = cli.popen("work", env={"EGOQA_FAKE_DELAY_S": "30"}, preexec_fn=_blocked_stop_signals)
+    db = open_db(tmp_path / "egoqa.db")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the worker holds a batch
+        with db.read() as cur:
+            if cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'"):
+                break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    with db.read() as cur:
+        assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == 0
+
+
 # --- 9. claims fit the device ---------------------------------------------------------------------
 
 
