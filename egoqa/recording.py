@@ -172,7 +172,8 @@ def joined(outcomes: list[tuple[Prepared, object]]) -> list[tuple[Prepared, obje
 def _join(parts: list[tuple[Prepared, Result]]) -> tuple[Prepared, Result]:
     from egoqa.prompts import fmt_range
 
-    answers = [(item.context["segment"], res.texts[0].strip()) for item, res in parts]
+    # one line a segment, so the joined answer splits back into its calls' answers
+    answers = [(item.context["segment"], " ".join(res.texts[0].split())) for item, res in parts]
     text = "\n".join(f"{fmt_range(*seg)}: {a or '(no answer)'}" for seg, a in answers)
     text = text if any(a for _, a in answers) else ""
     results = [res for _, res in parts]
