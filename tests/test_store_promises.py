@@ -301,18 +301,24 @@ def test_a_stop_signal_during_the_claim_with_another_thread_alive_releases_the_b
     assert done_ == 0 and worker.signals.exit_code == 128 + signal.SIGTERM
 
 
+def _until_a_batch_is_held(db_path):
+    """The database, once a worker holds a batch (or after two minutes)."""
+    db = open_db(db_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with db.read() as cur:
+            if cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'"):
+                break
+        time.sleep(0.05)
+    return db
+
+
 def test_worker_stopped_by_a_signal_exits_128_plus_the_signal_after_releasing(tmp_path, synth):
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc = cli.popen("work", env={"EGOQA_FAKE_DELAY_S": "30"})
-        db = open_db(tmp_path / "egoqa.db")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until the worker holds a batch
-            with db.read() as cur:
-                if cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'"):
-                    break
-            time.sleep(0.05)
+        db = _until_a_batch_is_held(tmp_path / "egoqa.db")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 128 + sig, err
@@ -337,13 +343,7 @@ def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(tmp_path
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
     proc = cli.popen("work", env={"EGOQA_FAKE_DELAY_S": "30"}, preexec_fn=_blocked_stop_signals)
-    db = open_db(tmp_path / "egoqa.db")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until the worker holds a batch
-        with db.read() as cur:
-            if cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'"):
-                break
-        time.sleep(0.05)
+    db = _until_a_batch_is_held(tmp_path / "egoqa.db")
     proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=60)
