@@ -1,14 +1,17 @@
-"""Sampling that depends on the job alone: a Gumbel-max draw per row from its own seeded stream.
+"""Sampling that depends on the job alone: a Gumbel-max draw keyed by (seed, step, token id).
 
 `model.generate` runs greedy search; this logits processor turns each row's logits into a one-hot
 choice drawn from the turn's distribution — temperature, then top-k, then top-p, as transformers'
-warpers apply them — using a generator owned by the row. The arg-max of log-probabilities plus
-Gumbel noise is a sample from that distribution, and each row's noise comes from its own stream,
-so what a job generates depends on its seed, never on which rows share its batch, their order, an
-out-of-memory split or a retry.
+warpers apply them. The arg-max of log-probabilities plus Gumbel noise is a sample from that
+distribution. Each candidate's noise is a counter-based hash of the row's seed, the decoding step
+and the candidate's token id, so it never depends on the batch, the order of rows, or which other
+tokens are candidates: when low-precision arithmetic (bfloat16 on a GPU) moves a logit a little and
+one token enters or leaves the top-k, every other candidate keeps its noise. What a job generates
+then changes only where two candidates' perturbed scores nearly tie — exactly as a greedy answer
+can — and identical logits always give identical answers.
 
-Noise is drawn only for the candidates top-k leaves (in token-id order), not the whole vocabulary:
-with top-k 50 that is 50 numbers per row per step instead of 152,064.
+Noise is computed only for the candidates top-k leaves, not the whole vocabulary: with top-k 50
+that is 50 hashes per row per step instead of 152,064.
 """
 
 from __future__ import annotations
@@ -18,31 +21,55 @@ from transformers import LogitsProcessor
 
 from egoqa.config import GenerationConfig
 
-_TINY = torch.finfo(torch.float32).tiny
+_M32 = 0xFFFFFFFF
 
 
 class SeededSampling(LogitsProcessor):
-    """Temperature → top-k → top-p → a Gumbel-max pick from one seeded generator per row."""
+    """Temperature → top-k → top-p → a Gumbel-max pick, each candidate's noise keyed by the row's
+    seed, the step and its token id. One instance serves one `generate` call (it counts steps)."""
 
     def __init__(self, seeds: list[int], settings: GenerationConfig, device) -> None:
         self.settings = settings
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        seeds_t = torch.tensor([[s & (2**63 - 1)] for s in seeds], dtype=torch.int64, device=device)
+        self.seed_lo, self.seed_hi = seeds_t & _M32, seeds_t >> 32
+        self.step = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[0] != len(self.generators):
+        if scores.shape[0] != self.seed_lo.shape[0]:
             raise ValueError(
-                f"seeded sampling was set up for {len(self.generators)} rows, got {scores.shape[0]}"
+                f"seeded sampling was set up for {self.seed_lo.shape[0]} rows, got {scores.shape[0]}"
             )
         tokens, logp = candidates(scores.float(), self.settings)
-        noise = torch.stack([self._gumbel(g, logp) for g in self.generators])
+        noise = gumbel(self.seed_lo, self.seed_hi, self.step, tokens)
+        self.step += 1
         picked = tokens.gather(-1, torch.argmax(logp + noise, dim=-1, keepdim=True))
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, picked, 0.0)
 
-    @staticmethod
-    def _gumbel(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(like.shape[-1], generator=generator, device=like.device)
-        return -torch.log(-torch.log(u.clamp_(min=_TINY)))
+
+def gumbel(
+    seed_lo: torch.Tensor, seed_hi: torch.Tensor, step: int, tokens: torch.Tensor
+) -> torch.Tensor:
+    """Gumbel(0, 1) noise for each (row, candidate): a pure function of the row's seed (its low
+    and high 32 bits, shape (rows, 1)), the step and the token id — no state, no generator."""
+    h = _mix(tokens ^ 0x68E31DA4)
+    h = _mix(h ^ (step & _M32))
+    h = _mix(h ^ seed_lo)
+    h = _mix(h ^ seed_hi)
+    hi, lo = _mix(h ^ 0x1B56C4E9), _mix(h ^ 0x2C2FE6A1)
+    u = ((hi & 0x1FFFFF) * 2**32 + lo).double().add_(0.5).div_(2**53)  # 53 bits, in (0, 1)
+    return (-torch.log(-torch.log(u))).float()
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply rounds) in int64 arithmetic: every operand stays
+    below 2**32 and each multiplier below 2**31, so no product overflows on any device."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x6B43A9B5) & _M32
+    return x ^ (x >> 16)
 
 
 def candidates(
