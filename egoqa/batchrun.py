@@ -130,11 +130,11 @@ class BatchRunner:
             self.recorder.fail(claim, job_id, kind, message, retryable=retryable)
         outcomes: list[tuple[Prepared, object]] = []
         for items, encoded in zip(batch.groups, batch.encoded, strict=True):
-            self.stats.generate_calls += 1
+            self.stats.add(generate_calls=1)
             self.generate_into(items[0].job.media_key, items, outcomes, encoded)
         t1 = time.perf_counter()
         self.recorder.record(claim, outcomes)
-        self.stats.record_s += time.perf_counter() - t1
+        self.stats.add(record_s=time.perf_counter() - t1)
 
     # -- preparing (no writes: safe in the thread that claims ahead) --
 
@@ -147,7 +147,7 @@ class BatchRunner:
         ready = [p for job in claim.jobs for p in self._prepare(batch, job)]
         batch.groups = self._cut(ready)
         batch.encoded = [self._encode(group) for group in batch.groups]
-        self.stats.prepare_s += time.perf_counter() - t0
+        self.stats.add(prepare_s=time.perf_counter() - t0)
         return batch
 
     def _parents(self, claim: queue.Claim) -> dict[str, str | None]:
@@ -231,7 +231,7 @@ class BatchRunner:
             if len(items) == 1:
                 out.append((items[0], exc))
                 return
-            self.stats.oom_splits += 1
+            self.stats.add(oom_splits=1)
             log.warning("out of memory at batch %d (%s): splitting", len(items), key)
             for half in batching.split(items):
                 self.generate_into(key, half, out)
@@ -240,7 +240,7 @@ class BatchRunner:
             log.exception("backend error on a batch of %d", len(items))
             out.extend((p, exc) for p in items)
             return
-        self.stats.generate_s += time.perf_counter() - t0
+        self.stats.add(generate_s=time.perf_counter() - t0)
         self.sizer.learn(key, ok=len(items))
         out.extend(zip(items, results, strict=True))
         _count_padding(self.stats, results)
@@ -263,5 +263,5 @@ def _count_padding(stats: WorkerStats, results: list[Result]) -> None:
     """Prompt tokens and the left padding added to them, per row (a job's samples are rows)."""
     lengths = [r.prompt_tokens for r in results]
     real, pad = batching.padding(lengths, [max(1, len(r.texts)) for r in results])
-    stats.prompt_tokens += real
-    stats.padding_tokens += pad
+    stats.add(prompt_tokens=real)
+    stats.add(padding_tokens=pad)

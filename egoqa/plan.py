@@ -415,9 +415,10 @@ def enqueue_run(
         chains = [
             (qid, [result.ids[k] if k else None for k in keys]) for qid, keys in planner.chains
         ]
-        from egoqa.zoomplan import resolve_chains
+        if not recompute:  # a recomputed zoom starts again from its first level
+            from egoqa.zoomplan import resolve_chains
 
-        chains = resolve_chains(cur, config, style, chains)
+            chains = resolve_chains(cur, config, style, chains)
         names = [t.name for t in style.turns]
         graded = style.index(style.result_turn.name)
         moved = catalog.write_items(cur, run_id, names, graded, chains)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 
 from egoqa.backends.base import Request, Result
@@ -39,6 +40,19 @@ class WorkerStats:
     padding_tokens: int = 0  # left padding prefilled for nothing, one count per row
     prompt_tokens: int = 0  # real prompt tokens prefilled, one count per row
     failures: dict[str, int] = field(default_factory=dict)
+    # the main thread, the claim-ahead thread and the heartbeat all count: one lock for all
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        """Add to counters (name=amount) as one step, whichever thread calls."""
+        with self._lock:
+            for name, amount in counts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def count_failure(self, kind: str) -> None:
+        with self._lock:
+            self.failed += 1
+            self.failures[kind] = self.failures.get(kind, 0) + 1
 
     @property
     def padding_share(self) -> float:
@@ -94,7 +108,7 @@ class Recorder:
         self._score([i for i in graded if i in won])
         for c in completions:
             if c.job_id in won:
-                self.stats.done += 1
+                self.stats.add(done=1)
                 log.info(
                     "job %d done (%s, %d tokens, batch %s, %.2fs)",
                     c.job_id,
@@ -104,7 +118,7 @@ class Recorder:
                     c.latency_s or 0.0,
                 )
             else:
-                self.stats.lost += 1
+                self.stats.add(lost=1)
                 log.warning(
                     "job %d: lease lost, result discarded (another worker owns it)", c.job_id
                 )
@@ -138,8 +152,7 @@ class Recorder:
     ) -> None:
         failed = queue.fail(self.db, claim, job_id, kind, message, retryable=retryable)
         if failed is not None:
-            self.stats.failed += 1
-            self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+            self.stats.count_failure(kind)
             self._score(failed)
         log.warning(
             "job %d %s: %s%s", job_id, kind, message, "" if failed is not None else " (lease lost)"

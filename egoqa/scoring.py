@@ -92,6 +92,8 @@ def score_items(
     if job_ids is not None and not job_ids:
         return 0
     rows = graded_rows(db, job_ids=job_ids, run=run, only_unscored=only_unscored)
-    updates = [p for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))]
+    updates = [
+        p | {"job": r[7]} for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))
+    ]
     write_scores(db, updates)
     return len(updates)

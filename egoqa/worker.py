@@ -192,7 +192,7 @@ class Worker:
             batch = self._next_batch()
             if batch.jobs:
                 idle, self._idle_since = 0, None
-                self.stats.batches += 1
+                self.stats.add(batches=1)
                 if self.ahead is not None and not self._enough():
                     self.sizer.measure()  # between batches: the memory the next one will find
                     self.ahead.start()
@@ -214,14 +214,14 @@ class Worker:
         t0 = time.perf_counter()
         batch = self.ahead.take() if self.ahead is not None else None
         if batch is not None:
-            self.stats.claimed_ahead += 1
+            self.stats.add(claimed_ahead=1)
         else:
             self.sizer.measure()
             with self.signals.critical():  # a stop must not land between COMMIT and the hold
                 claim = self._claim()
                 self.heartbeat.hold(claim)
             batch = self.runner.prepare(claim) if claim.jobs else Batch(claim)
-        self.stats.wait_s += time.perf_counter() - t0
+        self.stats.add(wait_s=time.perf_counter() - t0)
         return batch
 
     def _claim(self) -> queue.Claim:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from egoqa.store import queue
+from egoqa.store import graph, queue
 from egoqa.store import zoom as rows
 from egoqa.store.db import Cursor
 from egoqa.zoom import model_choice, oracle_choice
@@ -78,8 +78,20 @@ def settle(cur: Cursor, job_ids: list[int]) -> None:
     while todo:
         batch, todo = todo[:500], todo[500:]
         for level in rows.levels(cur, batch):
-            if level.state == "done" and level.note is not None:
-                todo += _deeper(cur, level) if not level.note["final"] else _follow(cur, level)
+            if level.state != "done" or level.note is None:
+                continue
+            if not rows.items_at(cur, level.id):  # no run shows this level any more
+                continue
+            todo += _deeper(cur, level) if not level.note["final"] else _follow(cur, level)
+
+
+def _current(cur: Cursor, result: queue.EnqueueResult, key: str) -> int:
+    """The successor's id. One that already finished was computed after an earlier finish of
+    the level above (before a recompute of it): it runs again, as the level did."""
+    job_id = result.ids[key]
+    if not result.new:
+        graph.requeue_finished(cur, [job_id])
+    return job_id
 
 
 def resolve_chains(cur: Cursor, config, style, chains: list[tuple[int, list]]) -> list[tuple]:
@@ -141,7 +153,7 @@ def next_level_job(level: rows.LevelRow) -> queue.NewJob:
 
 def _deeper(cur: Cursor, level: rows.LevelRow) -> list[int]:
     job = next_level_job(level)
-    new_id = queue.enqueue(cur, [job]).ids[job.key]
+    new_id = _current(cur, queue.enqueue(cur, [job]), job.key)
     rows.move_items(cur, level.id, new_id)
     return [new_id]
 
@@ -156,7 +168,7 @@ def _follow(cur: Cursor, level: rows.LevelRow) -> list[int]:
         config_text, style_text = rows.run_plan(cur, run_id)
         config, style = config_from_json(config_text), parse_style(json.loads(style_text))
         for turn, index, job in _follow_jobs(cur, config, style, level):
-            job_id = queue.enqueue(cur, [job]).ids[job.key]
+            job_id = _current(cur, queue.enqueue(cur, [job]), job.key)
             rows.attach(cur, item_id, index, turn.name, job_id, turn.graded)
             spawned.append(job_id)
     return spawned

@@ -338,7 +338,10 @@ class Database:
             return stmt
         out = self._converted.get(stmt)
         if out is None:
-            out = self._converted[stmt] = _PARAM.sub(r"%(\1)s", stmt)
+            # psycopg reads every '%' of a statement with parameters as a placeholder: a literal
+            # one (`LIKE '%x%'`) is written '%%' there, so SQL stays the same on both backends.
+            out = _PARAM.sub(r"%(\1)s", stmt.replace("%", "%%"))
+            self._converted[stmt] = out
         return out
 
     def _checkout(self):

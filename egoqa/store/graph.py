@@ -3,6 +3,7 @@ dependents, and retry / recompute re-queue chains. Called inside the queue's tra
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from egoqa.store.db import Cursor, Database, chunks, in_list
@@ -136,11 +137,69 @@ def _reset_to_blocked(cur: Cursor, ids: Sequence[int], bump_generation: bool) ->
 
 
 def recompute(db: Database, job_ids: Sequence[int]) -> int:
-    """Re-queue finished jobs (their earlier results stay in job_results as history).
+    """Re-queue finished jobs (their earlier results stay in job_results as history), and every
+    job downstream of them, whatever its state: a job that ran, waits or runs now on a parent's
+    old response would otherwise keep or produce an answer the recomputed parent did not give.
 
-    Returns how many were actually re-queued: a job running now is left to its worker.
+    A running job among those given is left to its worker; a running job downstream loses its
+    lease (its result is refused) and waits for its parent again. A zoom's later levels and the
+    turns after it are not touched here: the run's items are pointed back at the first level,
+    and each successor is re-queued when the level above it finishes again (`zoomplan.settle`).
+    Returns how many jobs were re-queued.
     """
     with db.write() as cur:
         n = _reset_to_blocked(cur, job_ids, bump_generation=True)
-        promote(cur, job_ids)
+        below = sorted(_downstream(cur, job_ids) - set(job_ids))
+        n += demote(cur, below)
+        promote(cur, list(job_ids))
+    return n
+
+
+def _downstream(cur: Cursor, job_ids: Sequence[int]) -> set[int]:
+    """Every job below these, except a zoom's successors and what lies below them."""
+    out: set[int] = set()
+    todo = list(job_ids)
+    while todo:
+        frag, params = in_list("p", todo[:500])
+        todo = todo[500:]
+        rows = cur.all(
+            f"""SELECT j.id, j.spec FROM job_deps d JOIN jobs j ON j.id = d.job_id
+                 WHERE d.parent_id IN {frag}""",
+            params,
+        )
+        fresh = [i for i, spec in rows if i not in out and not zoom_successor(spec)]
+        out.update(fresh)
+        todo += fresh
+    return out
+
+
+def zoom_successor(spec: str) -> bool:
+    """A job a zoom level created when it finished: its next level, or a turn on its window."""
+    if '"zoom"' not in spec and '"window_of"' not in spec:
+        return False
+    parsed = json.loads(spec)
+    return "from" in (parsed.get("zoom") or {}) or "window_of" in (parsed.get("media") or {})
+
+
+def requeue_finished(cur: Cursor, ids: Sequence[int]) -> int:
+    """Done or failed jobs among these back to the queue (a new generation); returns how many."""
+    n = _reset_to_blocked(cur, ids, bump_generation=True)
+    promote(cur, ids)
+    return n
+
+
+def demote(cur: Cursor, ids: Sequence[int]) -> int:
+    """Jobs back to blocked whatever their state (a running one loses its lease, so its worker's
+    result is refused); returns how many were not blocked already."""
+    n = 0
+    for chunk in chunks(list(ids)):
+        frag, params = in_list("j", chunk)
+        cur.execute(
+            f"""UPDATE jobs SET state = 'blocked', attempts = 0, error = NULL, error_kind = NULL,
+                       lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                       generation = generation + 1
+                 WHERE id IN {frag} AND state <> 'blocked'""",
+            params,
+        )
+        n += cur.rowcount
     return n

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from egoqa.store.db import Database, chunks, in_list
 
 SELECT = """
-SELECT ri.id, j.state, j.response, j.responses, q.gt_start, q.gt_end, c.duration_sec
+SELECT ri.id, j.state, j.response, j.responses, q.gt_start, q.gt_end, c.duration_sec,
+       ri.graded_job_id
   FROM run_items ri JOIN jobs j ON j.id = ri.graded_job_id
   JOIN queries q ON q.id = ri.query_id JOIN clips c ON c.id = q.clip_id
 """
@@ -18,7 +19,7 @@ UPDATE run_items SET scored_at = {now}, segments = :segments, n_segments = :n_se
        correct = :correct, iou_top1 = :iou_top1, r1_03 = :r1_03, r1_05 = :r1_05, r5_03 = :r5_03,
        r5_05 = :r5_05, outcome = :outcome, best_correct = :best_correct,
        best_r1_03 = :best_r1_03, best_r1_05 = :best_r1_05, best_iou_top1 = :best_iou_top1
- WHERE id = :id
+ WHERE id = :id AND graded_job_id = :job
 """
 
 
@@ -29,8 +30,8 @@ def graded_rows(
     run: str | None = None,
     only_unscored: bool = False,
 ) -> list[tuple]:
-    """(item id, state, response, responses, gt start, gt end, clip duration) of run items:
-    those graded by these jobs, of a run, or all."""
+    """(item id, state, response, responses, gt start, gt end, clip duration, graded job id) of
+    run items: those graded by these jobs, of a run, or all."""
     where, params = ["1 = 1"], {}
     ungraded = ungraded_runs(db)
     if ungraded:  # an answer-only run's items show answers and are never scored
@@ -65,6 +66,8 @@ def ungraded_runs(db: Database) -> list[int]:
 
 
 def write_scores(db: Database, updates: list[dict]) -> None:
+    """Each update names its item and the graded job it was computed from (`job`): an item
+    re-pointed at another job since the read keeps no score of the old one."""
     if updates:
         with db.write() as cur:
             cur.executemany(UPDATE.format(now=db.now), updates)
