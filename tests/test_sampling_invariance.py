@@ -87,7 +87,10 @@ class _Recorder:
             picks = torch.argmax(out, dim=-1).tolist()
             for r, seed in enumerate(seeds):
                 step = inner.step - 1
-                log[(seed, step)] = (picks[r], dict(zip(tokens[r].tolist(), perturbed[r].tolist())))
+                log[(seed, step)] = (
+                    picks[r],
+                    dict(zip(tokens[r].tolist(), perturbed[r].tolist(), strict=True)),
+                )
             return out
 
         return call

@@ -9,7 +9,6 @@ recomputed first levels choose other windows.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from test_store_contract import add_clips, claim, complete_all, enqueue, job, row, states
