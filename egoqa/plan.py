@@ -292,7 +292,8 @@ def _clip_rows(clips: list[Clip], identities: dict[str, str]) -> list[dict]:
     ]
 
 
-def _query_rows(queries: list[Query], clip_ids: dict[str, int]) -> list[dict]:
+def _query_rows(queries: list[Query], clip_ids: dict[str, int], clips: dict) -> list[dict]:
+    """The catalogue's rows of these queries, with their clip's split (part of a version)."""
     return [
         {
             "clip_id": clip_ids[q.clip_uid],
@@ -304,6 +305,7 @@ def _query_rows(queries: list[Query], clip_ids: dict[str, int]) -> list[dict]:
             "gt_start": q.gt_start,
             "gt_end": q.gt_end,
             "extra": canonical(q.extra),
+            "split": clips[q.clip_uid].split,
         }
         for q in queries
     ]
@@ -407,7 +409,9 @@ def enqueue_run(
     with db.write() as cur:
         run_id, change = _ensure_run(cur, _run_row(config, style, run, annotations), recompute)
         clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
-        query_ids = catalog.upsert_queries(cur, _query_rows(dataset.queries, clip_ids))
+        query_ids = catalog.upsert_queries(
+            cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
+        )
         planner = _Planner(config, style, clip_ids, identities, query_ids)
         for q in dataset.queries:
             planner.plan_query(by_uid[q.clip_uid], q)
