@@ -216,7 +216,9 @@ def cluster(
     k: Annotated[
         int | None, typer.Option("--k", min=1, help="Number of clusters (default: by silhouette).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="k-means seed (0 to 2^32-1).")
+    ] = 0,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Group the run's queries by meaning (k-means, k by silhouette) and store it for `report`."""

@@ -88,8 +88,10 @@ def _check_work_options(gpus, gpus_per_worker, device, workers, batch_size, sing
     from egoqa import devices
     from egoqa import supervisor as sv
 
-    if batch_size != "auto" and (not batch_size.isdigit() or int(batch_size) < 1):
-        raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
+    if batch_size != "auto" and (not batch_size.isdigit() or not 1 <= int(batch_size) <= 4096):
+        raise typer.BadParameter(
+            "--batch-size takes 'auto' or a positive number (at most 4096, a config's batch.size)"
+        )
     index = devices.check_device(device)
     groups = None
     if gpus is not None:

@@ -22,7 +22,7 @@ from egoqa.errors import ConfigError
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SamplerConfig(_Frozen):
@@ -252,7 +252,12 @@ def apply_override(data: dict, assignment: str) -> None:
     node = data
     for p in parents:
         node = node.setdefault(p, {})
-    node[leaf] = _parse_value(raw.strip())
+    value = _parse_value(raw.strip())
+    if tomlfiles.non_finite(value) is not None:
+        raise ConfigError(
+            f"--set {key}={raw.strip()}: not a finite number (nan and inf are refused): give a number"
+        )
+    node[leaf] = value
 
 
 def _explain(exc: ValidationError, origin: str) -> ConfigError:

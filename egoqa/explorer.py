@@ -22,6 +22,7 @@ from egoqa import __version__
 from egoqa import report as rp
 from egoqa.errors import EgoqaError
 from egoqa.evaluate import parse_segments
+from egoqa.output import ensure_folder
 from egoqa.report_tables import tables
 from egoqa.store.db import Database
 from egoqa.store.explore import run_clips, run_jobs
@@ -42,7 +43,6 @@ def write_explorer(
     built = rp.build(db, run, compare, require_finished=False)
     data = rp.load_run(db, run)
     clips, jobs = run_clips(db, run), run_jobs(db, run)
-    (site / "data").mkdir(parents=True, exist_ok=True)
     clip_no = {c["clip_uid"]: n for n, c in enumerate(clips)}
     frames, notes = _frames(jobs, clips, clip_no, site, thumbs)
     chains = _chains(jobs)
@@ -235,6 +235,7 @@ def _check_site(site: Path) -> None:
         raise ExplorerError(
             f"{page} exists and was not written by egoqa: pass a new or empty directory to --html"
         )
+    ensure_folder(site / "data", "--html")  # a place that cannot hold it, said before any work
 
 
 def _charts(built: dict, site: Path) -> list[str]:
