@@ -223,7 +223,9 @@ def _repeat_until(value: Any, name: str, origin: str) -> dict[str, Any] | None:
         )
     window, depth = value["window_sec"], value["max_depth"]
     if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
-        raise StyleError(f"{where}.window_sec must be a finite number of seconds above 0, not {window!r}")
+        raise StyleError(
+            f"{where}.window_sec must be a number of seconds above 0 (and finite), not {window!r}"
+        )
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
         raise StyleError(f"{where}.max_depth must be a whole number from 1 to {MAX_DEPTH}")
     return {"window_sec": float(window), "max_depth": depth}
