@@ -60,9 +60,11 @@ def report(
         typer.Option("--html", help="Write the run explorer (a static site: DIR/index.html)."),
     ] = None,
     thumbs: Annotated[
-        int,
-        typer.Option("--thumbs", min=0, help="With --html: frame thumbnails per turn (0: none)."),
-    ] = 8,
+        int | None,
+        typer.Option(
+            "--thumbs", min=0, help="With --html: frame thumbnails per turn (0: none; default 8)."
+        ),
+    ] = None,
 ) -> None:
     """A run's metrics by query type, template and cluster, outcomes and failures; --html: explorer.
 
@@ -74,6 +76,8 @@ def report(
     from egoqa.report_files import write
     from egoqa.report_tables import tables
 
+    _check_report_options(scoring, html, thumbs)
+    compare = list(dict.fromkeys(c for c in compare or () if c != run))  # each run once
     if scoring is Scoring.ORIGINAL:
         _report_original(run, compare, out, as_json)
         return
@@ -83,7 +87,7 @@ def report(
     if html is not None:
         from egoqa.explorer import write_explorer
 
-        page = write_explorer(db, run, html, compare or (), thumbs=thumbs)
+        page = write_explorer(db, run, html, compare, thumbs=8 if thumbs is None else thumbs)
         typer.echo(f"wrote the explorer: {page}", err=True)
     built = rp.build(db, run, compare or (), require_finished=html is None)
     if out is not None:
@@ -95,6 +99,35 @@ def report(
         for t in tables(built):
             emit_table(t.title, t.columns, t.rows, fit_first=t.fit_first)
     _notes(built["summary"], run)
+    if compare:
+        _compare_note(db, [run, *compare])
+
+
+def _check_report_options(scoring, html: Path | None, thumbs: int | None) -> None:
+    """Options that would do nothing here are refused, not ignored."""
+    from egoqa.errors import EgoqaError
+
+    if html is not None and scoring is Scoring.ORIGINAL:
+        raise EgoqaError(
+            "--html writes the explorer of the default scoring: drop --html or --scoring original"
+        )
+    if thumbs is not None and html is None:
+        raise EgoqaError("--thumbs sets the explorer's thumbnails: add --html DIR, or drop it")
+
+
+def _compare_note(db, runs: list[str]) -> None:
+    """Runs over different queries are each scored over their own: say so beside the table."""
+    from egoqa.report import query_sets
+
+    sets = query_sets(db, runs)
+    common = set.intersection(*sets.values())
+    if any(len(s) != len(common) for s in sets.values()):
+        sizes = ", ".join(f"{r} {len(s)}" for r, s in sets.items())
+        typer.echo(
+            f"note: the runs compared hold different queries ({sizes}; {len(common)} in common):"
+            " each is scored over its own",
+            err=True,
+        )
 
 
 def _notes(summary: dict, run: str) -> None:
