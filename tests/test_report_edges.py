@@ -106,3 +106,34 @@ def test_compare_shows_each_run_once(zoomed):
     assert [r["run"] for r in built["compare"]] == ["m", "o"]
     built = zoomed.cli.json("report", "--run", "m", "--compare", "m")
     assert built["compare"] == []
+
+
+# --- 5: the original's scoring reads the shot ranges egoqa prints --------------------------------
+
+SHOT_BLOCKS = """1. 0s - 17.8s:
+Confidence Score: 6
+Verdict: Relevant
+
+2. 17.8s - 31.9s:
+Verdict: Irrelevant
+
+3. 32s - 60s:
+Verdict: [Relevant]"""
+
+
+def test_shot_ranges_with_decimals_are_read_as_the_whole_seconds_the_original_printed():
+    from egoqa import original
+
+    shots = original.parse(SHOT_BLOCKS, verdicts=True, shots=True)
+    assert shots == original.Parsed([(0, 17), (32, 60)], 3)
+    # a style whose ranges are not shots keeps the original's whole-second pattern exactly
+    assert original.parse(SHOT_BLOCKS, verdicts=True) == original.Parsed([(32, 60)], 3)
+
+
+def test_original_scoring_credits_a_shots_run_by_its_relevant_shots(zoomed):
+    from egoqa import original
+    from egoqa.store.db import open_db
+
+    built = original.build(open_db(zoomed.root / "egoqa.db", readonly=True), "m")
+    assert built["instances"] and all(i["segments"] for i in built["instances"])
+    assert all(isinstance(x, int) for i in built["instances"] for s in i["segments"] for x in s)
