@@ -169,7 +169,8 @@ def export(
         ExportFormat, typer.Option("--format", help="nlq: the official Ego4D NLQ prediction file.")
     ] = ExportFormat.NLQ,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default, or '-': stdout)."),
     ] = None,
     only_enqueued: Annotated[
         bool,
@@ -196,6 +197,8 @@ def export(
     from egoqa.export import export_nlq
     from egoqa.output import check_file_target, write_text
 
+    if output == Path("-"):  # the usual name for standard output
+        output = None
     if output is not None:
         check_file_target(output, "-o")  # before any work is done for it
     db = open_database(readonly=True)
@@ -290,6 +293,12 @@ def enqueue_prior(
             "--recompute: a prior run is computed at enqueue; there is no job to redo"
         )
     prior = parse_prior(config, list(overrides or ()), fit)
+    if fit is not None and _same_file(fit, annotations):
+        typer.echo(
+            f"warning: --fit {fit} is the file being evaluated: the prior learns from the very "
+            "answers it is scored on (an upper bound, not a baseline); fit on a training split",
+            err=True,
+        )
     dataset = load_nlq(annotations, videos, metadata, limit=limit)
     name = run or config
     plan = enqueue_prior_run(open_database(create=True), dataset, prior, name, str(annotations))
@@ -302,6 +311,13 @@ def enqueue_prior(
         f"{prior.model}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
         f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
     )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def demo_explorer(directory: Path) -> Path:

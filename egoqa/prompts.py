@@ -125,9 +125,11 @@ class Style:
         turns = tuple(
             _override(t, overrides[t.name]) if t.name in overrides else t for t in self.turns
         )
-        for t in turns:
+        for i, t in enumerate(turns):
             if t.name in overrides:
-                _validate_per_segment(t, f"the config's [turns.{t.name}]")
+                where = f"the config's [turns.{t.name}]"
+                _validate_per_segment(t, where)
+                _validate_zoom(t, names[:i], where)
         return replace(self, turns=turns)
 
     def to_dict(self) -> dict:
@@ -152,6 +154,7 @@ def _override(turn: Turn, o) -> Turn:
         sampler={**turn.sampler, **o.sampler},
         max_new_tokens=o.max_new_tokens or turn.max_new_tokens,
         per_segment=turn.per_segment if o.per_segment is None else o.per_segment,
+        zoom=o.zoom or turn.zoom,
     )
 
 

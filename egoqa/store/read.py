@@ -120,15 +120,22 @@ def failed_job_ids(db: Database, run: str | None) -> list[int] | None:
     return [r[0] for r in t.rows]
 
 
+# SQLite's answer to a statement that would change the file (journal mode, VACUUM) inside the
+# read-only transaction `sql` runs in: a write refused, said as one.
+_WRITES_IN_TX = "from within a transaction"
+
+
 def read_only_sql(db: Database, statement: str, timeout_s: float | None = None) -> Table:
     """Run one statement on a read-only connection; the database itself refuses writes.
     Ctrl-C cancels it (exit 130), and so does `timeout_s` (see store.statement)."""
     from egoqa.store.statement import run_statement
 
+    if not statement.strip():
+        raise DatabaseError('no statement given: pass one SQL statement, e.g. "SELECT * FROM runs"')
     try:
         return Table(*run_statement(db, statement, timeout_s))
     except DatabaseError as exc:
-        if "read-only" in str(exc) or "readonly" in str(exc):
+        if "read-only" in str(exc) or "readonly" in str(exc) or _WRITES_IN_TX in str(exc):
             raise ReadOnlyViolation(
                 "egoqa sql is read-only: the statement tried to write; nothing was changed"
             ) from None
