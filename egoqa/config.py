@@ -251,9 +251,7 @@ def apply_override(data: dict, assignment: str) -> None:
         if key == "zoom":
             hint = "zoom belongs to a turn: --set turns.<turn>.zoom=oracle (or model)"
         elif key.startswith("turns."):
-            hint = (
-                "a turn takes turns.<turn>.model, .max_new_tokens, .per_segment, .zoom or .sampler.<key>"
-            )
+            hint = "a turn takes turns.<turn>.model, .max_new_tokens, .per_segment, .zoom or .sampler.<key>"
         raise ConfigError(f"--set: unknown key {key!r}; {hint}")
     *parents, leaf = key.split(".")
     node = data
