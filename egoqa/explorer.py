@@ -25,7 +25,7 @@ from egoqa.evaluate import parse_segments
 from egoqa.output import ensure_folder
 from egoqa.report_tables import tables
 from egoqa.store.db import Database
-from egoqa.store.explore import run_clips, run_jobs
+from egoqa.store.explore import run_clips, run_jobs, zoom_levels
 from egoqa.thumbnails import ClipThumbs, spread, timestamp_ms
 
 ASSETS = Path(__file__).resolve().parent / "explorer_assets"
@@ -57,7 +57,7 @@ def write_explorer(
         "oracle": _oracle_runs(data, built),
         "turns": [t.get("name") for t in data.style.get("turns", [])],
         "clips": [[c["clip_uid"], c["duration_sec"], notes.get(c["clip_uid"])] for c in clips],
-        "items": _items(data, chains, clip_no, _compare_rows(db, compare)),
+        "items": _items(data, chains, clip_no, _compare_rows(db, compare), _zooms(db, jobs)),
     }
     _write_js(site / "data" / "index.js", "EGOQA.index(", index)
     by_clip: dict[str, list[dict]] = {}
@@ -93,7 +93,24 @@ def _windows(segments: str | None) -> list[list[float]]:
     return [[round(s, 3), round(e, 3)] for s, e, *_ in json.loads(segments or "[]")[:TOP]]
 
 
-def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) -> list[dict]:
+def _zooms(db: Database, jobs: list[dict]) -> dict[int, dict]:
+    """Each zoom level's chain as a card shows it: every level's window, chosen window and
+    stop reason ("zl"), and the final window ("zf") once the zoom has ended."""
+    ids = sorted({j["job_id"] for j in jobs if "zoom" in j["spec"]})
+    out = {}
+    for job_id, notes in zoom_levels(db, ids).items():
+        done = [n for n in notes if n]
+        levels = [{"d": n["depth"], "w": n["window"], "c": n["chosen"]} for n in done]
+        last = done[-1] if done and done[-1].get("final") else None
+        if last is not None:
+            levels[-1]["r"] = last["reason"]
+        out[job_id] = {"zl": levels} | ({"zf": last["final_window"]} if last else {})
+    return out
+
+
+def _items(
+    data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict], zooms: dict
+) -> list[dict]:
     items = []
     for row in data.rows:
         chain = chains.get(_ids(row), [])
@@ -113,6 +130,8 @@ def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) 
             "j": [job["job_id"] for job in chain],
         }
         item |= _problem(row, chain) | _samples(data, row, chain)
+        for job in chain:
+            item |= zooms.get(job["job_id"], {})
         if compared:
             item["cmp"] = [_compared(by_ids.get(_ids(row))) for by_ids in compared]
         items.append(item)

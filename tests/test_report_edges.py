@@ -137,3 +137,26 @@ def test_original_scoring_credits_a_shots_run_by_its_relevant_shots(zoomed):
     built = original.build(open_db(zoomed.root / "egoqa.db", readonly=True), "m")
     assert built["instances"] and all(i["segments"] for i in built["instances"])
     assert all(isinstance(x, int) for i in built["instances"] for s in i["segments"] for x in s)
+
+
+# --- the zoom chain, level by level --------------------------------------------------------------
+
+
+def test_the_explorer_and_results_json_show_every_zoom_level_and_the_final_window(zoomed):
+    index = _load(zoomed.explorer("m") / "data" / "index.js", "EGOQA.index(")
+    for item in index["items"]:
+        levels = item["zl"]
+        assert levels[0]["d"] == 0 and levels[0]["w"] == [0.0, CLIP_SEC]
+        for above, below in zip(levels, levels[1:], strict=False):
+            assert below["w"] == above["c"] and below["d"] == above["d"] + 1
+        assert "r" in levels[-1]  # the last level says why it stopped (None: at the target)
+        assert item["zf"] in (levels[-1]["c"], levels[-1]["w"])
+    out = zoomed.root / "out"
+    zoomed.cli("report", "--run", "m", "--out", out)
+    doc = json.loads((out / "results.json").read_text())
+    by_query = {(i["clip_uid"], i["query_idx"]): i for i in doc["instances"]}
+    for item in index["items"]:
+        clip_uid = index["clips"][item["c"]][0]
+        notes = by_query[(clip_uid, item["x"])]["zoom_levels"]
+        assert [n["window"] for n in notes] == [lvl["w"] for lvl in item["zl"]]
+        assert notes[-1]["final"] is True

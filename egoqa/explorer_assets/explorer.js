@@ -188,7 +188,8 @@
         "one misses the truth (tIoU 0.00)"));
     }
     problem(node, it);
-    node.appendChild(timeline(D.run, clip[1], it.g, it.w, it.n || [], "main"));
+    if (it.zl) node.appendChild(zoomLine(it));
+    node.appendChild(timeline(D.run, clip[1], it.g, it.w, it.n || [], "main", it.zf));
     (it.cmp || []).forEach(function (c, n) {
       var row = timeline(D.compare[n], clip[1], it.g, c ? c.w : [], [], "compare");
       if (!c) row.querySelector(".tl-end").textContent = "not in run";
@@ -211,11 +212,24 @@
     }
   }
 
-  function timeline(label, duration, gt, windows, samples, kind) {
+  function zoomLine(it) {
+    var steps = it.zl.map(function (l) {
+      return secs(l.w[0]) + "–" + secs(l.w[1]) +
+        (l.c ? " → shot " + secs(l.c[0]) + "–" + secs(l.c[1]) : "");
+    });
+    var last = it.zl.length ? it.zl[it.zl.length - 1] : null;
+    var end = it.zf ? (last && last.r ? " · stopped: " + last.r.replace(/_/g, " ") : " · reached the target")
+      : " · still zooming";
+    return el("div", "zoom-line", "zoom (" + it.zl.length + " level" +
+      (it.zl.length === 1 ? "" : "s") + "): " + steps.join(" ⟶ ") + end);
+  }
+
+  function timeline(label, duration, gt, windows, samples, kind, zoomed) {
     var row = el("div", "tl " + kind);
     if (D.oracle && D.oracle.indexOf(label) >= 0) label += " (oracle)";
     row.appendChild(el("div", "tl-label", label));
     var bar = el("div", "tl-bar");
+    if (zoomed) bar.appendChild(mark("zoomed", zoomed, duration, "final zoom window"));
     if (gt) bar.appendChild(mark("gt", gt, duration, "ground truth"));
     windows.forEach(function (w, r) {
       var m = mark("pred" + (r ? " rank-low" : ""), w, duration, "prediction #" + (r + 1));
