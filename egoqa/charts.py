@@ -80,7 +80,9 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
             _chart(out_dir / f"accuracy_by_{key}.png", title, labels, series, key != "query_type")
         )
     if report["compare"]:
-        labels = [f"{r['run']} (n={r['n']})" for r in report["compare"]]
+        from egoqa.report import oracle_label
+
+        labels = [f"{oracle_label(r)} (n={r['n']})" for r in report["compare"]]
         series = {METRIC_NAMES[m][0]: [r[m] for r in report["compare"]] for m in METRICS}
         paths.append(_chart(out_dir / "runs_compared.png", "runs compared", labels, series, False))
     return paths

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import math
 import sys
 from typing import Annotated
 
@@ -89,6 +90,12 @@ def rich_console(stderr: bool = False):
     return Console(stderr=stderr, soft_wrap=False)
 
 
+def _json_value(value):
+    """JSON has no infinity or NaN: such a float is written as null (a bare `Infinity` is not
+    JSON, and every strict reader refuses it)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def emit_table(
     title: str | None,
     columns: list[str],
@@ -104,9 +111,8 @@ def emit_table(
     short (with an ellipsis) where the terminal is too narrow for the rest.
     """
     if as_json:
-        typer.echo(
-            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2, default=str)
-        )
+        records = [dict(zip(columns, map(_json_value, r), strict=True)) for r in rows]
+        typer.echo(json.dumps(records, indent=2, default=str, allow_nan=False))
         return
     if as_csv:
         buf = io.StringIO()

@@ -60,9 +60,11 @@ def report(
         typer.Option("--html", help="Write the run explorer (a static site: DIR/index.html)."),
     ] = None,
     thumbs: Annotated[
-        int,
-        typer.Option("--thumbs", min=0, help="With --html: frame thumbnails per turn (0: none)."),
-    ] = 8,
+        int | None,
+        typer.Option(
+            "--thumbs", min=0, help="With --html: frame thumbnails per turn (0: none; default 8)."
+        ),
+    ] = None,
 ) -> None:
     """A run's metrics by query type, template and cluster, outcomes and failures; --html: explorer.
 
@@ -74,6 +76,8 @@ def report(
     from egoqa.report_files import write
     from egoqa.report_tables import tables
 
+    _check_report_options(scoring, html, thumbs)
+    compare = list(dict.fromkeys(c for c in compare or () if c != run))  # each run once
     if scoring is Scoring.ORIGINAL:
         _report_original(run, compare, out, as_json)
         return
@@ -83,7 +87,7 @@ def report(
     if html is not None:
         from egoqa.explorer import write_explorer
 
-        page = write_explorer(db, run, html, compare or (), thumbs=thumbs)
+        page = write_explorer(db, run, html, compare, thumbs=8 if thumbs is None else thumbs)
         typer.echo(f"wrote the explorer: {page}", err=True)
     built = rp.build(db, run, compare or (), require_finished=html is None)
     if out is not None:
@@ -95,6 +99,35 @@ def report(
         for t in tables(built):
             emit_table(t.title, t.columns, t.rows, fit_first=t.fit_first)
     _notes(built["summary"], run)
+    if compare:
+        _compare_note(db, [run, *compare])
+
+
+def _check_report_options(scoring, html: Path | None, thumbs: int | None) -> None:
+    """Options that would do nothing here are refused, not ignored."""
+    from egoqa.errors import EgoqaError
+
+    if html is not None and scoring is Scoring.ORIGINAL:
+        raise EgoqaError(
+            "--html writes the explorer of the default scoring: drop --html or --scoring original"
+        )
+    if thumbs is not None and html is None:
+        raise EgoqaError("--thumbs sets the explorer's thumbnails: add --html DIR, or drop it")
+
+
+def _compare_note(db, runs: list[str]) -> None:
+    """Runs over different queries are each scored over their own: say so beside the table."""
+    from egoqa.report import query_sets
+
+    sets = query_sets(db, runs)
+    common = set.intersection(*sets.values())
+    if any(len(s) != len(common) for s in sets.values()):
+        sizes = ", ".join(f"{r} {len(s)}" for r, s in sets.items())
+        typer.echo(
+            f"note: the runs compared hold different queries ({sizes}; {len(common)} in common):"
+            " each is scored over its own",
+            err=True,
+        )
 
 
 def _notes(summary: dict, run: str) -> None:
@@ -136,7 +169,8 @@ def export(
         ExportFormat, typer.Option("--format", help="nlq: the official Ego4D NLQ prediction file.")
     ] = ExportFormat.NLQ,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default, or '-': stdout)."),
     ] = None,
     only_enqueued: Annotated[
         bool,
@@ -163,6 +197,8 @@ def export(
     from egoqa.export import export_nlq
     from egoqa.output import check_file_target, write_text
 
+    if output == Path("-"):  # the usual name for standard output
+        output = None
     if output is not None:
         check_file_target(output, "-o")  # before any work is done for it
     db = open_database(readonly=True)
@@ -216,7 +252,9 @@ def cluster(
     k: Annotated[
         int | None, typer.Option("--k", min=1, help="Number of clusters (default: by silhouette).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="k-means seed (0 to 2^32-1).")
+    ] = 0,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Group the run's queries by meaning (k-means, k by silhouette) and store it for `report`."""
@@ -255,6 +293,12 @@ def enqueue_prior(
             "--recompute: a prior run is computed at enqueue; there is no job to redo"
         )
     prior = parse_prior(config, list(overrides or ()), fit)
+    if fit is not None and _same_file(fit, annotations):
+        typer.echo(
+            f"warning: --fit {fit} is the file being evaluated: the prior learns from the very "
+            "answers it is scored on (an upper bound, not a baseline); fit on a training split",
+            err=True,
+        )
     dataset = load_nlq(annotations, videos, metadata, limit=limit)
     name = run or config
     plan = enqueue_prior_run(open_database(create=True), dataset, prior, name, str(annotations))
@@ -267,6 +311,13 @@ def enqueue_prior(
         f"{prior.model}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
         f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
     )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def demo_explorer(directory: Path) -> Path:

@@ -88,8 +88,10 @@ def _check_work_options(gpus, gpus_per_worker, device, workers, batch_size, sing
     from egoqa import devices
     from egoqa import supervisor as sv
 
-    if batch_size != "auto" and (not batch_size.isdigit() or int(batch_size) < 1):
-        raise typer.BadParameter("--batch-size takes 'auto' or a positive number")
+    if batch_size != "auto" and (not batch_size.isdigit() or not 1 <= int(batch_size) <= 4096):
+        raise typer.BadParameter(
+            "--batch-size takes 'auto' or a positive number (at most 4096, a config's batch.size)"
+        )
     index = devices.check_device(device)
     groups = None
     if gpus is not None:
@@ -143,6 +145,8 @@ def _work_single(
     view = None if supervised else ProgressView(db, served.engine, served.model, console)
     stats = _run_with_progress(worker, view)
     typer.echo(stats.summary(), err=True)
+    if not supervised:
+        waiting_note(db, served.engine)
     if (
         worker.signals.exit_code
     ):  # stopped, not finished: 130 / 143, as shells and schedulers expect
@@ -183,6 +187,17 @@ def quiet_hugging_face() -> None:
     hf_logging.set_verbosity_error()
 
 
+def waiting_note(db, served: str, before: bool = False) -> None:
+    """Jobs of other engines are not this worker's: say they wait, and how to serve them."""
+    from egoqa.store.work import pending_engines
+
+    others = [(e, m, n) for e, m, n in pending_engines(db) if e != served]
+    if others:
+        listed = ", ".join(f"{e} ({m}) {n}" for e, m, n in others)
+        when = "also pending" if before else "still waiting for another engine"
+        typer.echo(f"note: jobs {when}: {listed}; `egoqa work --engine ID` serves one", err=True)
+
+
 def _start_worker(choice, device):
     """Open the database and load the engine's model: (db, served engine, backend), or None."""
     from egoqa.worker import load_backend_for, resolve_engine
@@ -191,6 +206,8 @@ def _start_worker(choice, device):
     served = resolve_engine(db, *choice)
     if served is None:
         return None
+    if choice == (None, None):  # chosen by most pending jobs: a tie or a second model is said
+        waiting_note(db, served.engine, before=True)
     threads = os.environ.get("EGOQA_TORCH_THREADS")
     if threads:
         import torch
@@ -211,6 +228,8 @@ def work_many(groups, device, workers, choice, batch_size, until_done, lease, ma
     if served is None:
         typer.echo("nothing to do: no pending jobs (run `egoqa enqueue` first)", err=True)
         return
+    if choice == (None, None):
+        waiting_note(db, served.engine, before=True)
     name = served.model
     release_dead_workers(db)
     if groups is not None:
@@ -231,6 +250,7 @@ def work_many(groups, device, workers, choice, batch_size, until_done, lease, ma
     code = supervisor.run()
     c = view.close()
     typer.echo(f"{c.done} done, {c.failed} failed of {c.total} jobs for {name}", err=True)
+    waiting_note(db, served.engine)
     if supervisor.stop_signal:
         raise typer.Exit(128 + supervisor.stop_signal)
     if code:

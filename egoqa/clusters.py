@@ -40,6 +40,12 @@ class Clustering:
     silhouette: float | None
 
 
+def _k_refused(k: int, distinct: int) -> str:
+    if distinct == 1:
+        return f"--k {k}: the run's queries are all the same text: one cluster holds them (--k 1)"
+    return f"--k {k}: choose between 1 and {distinct} (the run's distinct query texts)"
+
+
 def method_name(embeddings: Path | None) -> str:
     return TFIDF if embeddings is None else f"embeddings-kmeans:{Path(embeddings).name}"
 
@@ -53,7 +59,7 @@ def cluster_texts(
     if not distinct:
         raise ClusteringError("the run has no query texts to cluster: enqueue queries first")
     if k is not None and not 1 <= k <= len(distinct):
-        raise ClusteringError(f"--k {k}: choose between 1 and {len(distinct)} (distinct queries)")
+        raise ClusteringError(_k_refused(k, len(distinct)))
     tfidf, terms = _tfidf(distinct)
     vectors = tfidf if embeddings is None else _embed(distinct, Path(embeddings))
     from threadpoolctl import threadpool_limits
@@ -97,6 +103,11 @@ def check_embeddings(model_dir: Path | None) -> None:
     """Refuse --embeddings early when sentence-transformers or the model directory is missing."""
     if model_dir is None:
         return
+    if not Path(model_dir).is_dir():  # said first: installing a library would not fix it
+        raise ClusteringError(
+            f"--embeddings {model_dir} is not a folder: pass the directory a "
+            "sentence-transformers model was saved to, or cluster without --embeddings (TF-IDF)"
+        )
     if importlib.util.find_spec("sentence_transformers") is None:
         raise ClusteringError(
             "--embeddings needs sentence-transformers: pip install 'egoqa[embeddings]', "

@@ -22,7 +22,7 @@ from egoqa.errors import ConfigError
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SamplerConfig(_Frozen):
@@ -107,6 +107,7 @@ class TurnOverride(_Frozen):
     sampler: dict[str, Any] = {}
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
     per_segment: bool | None = None  # a segments turn: one call per chosen segment
+    zoom: Literal["model", "oracle"] | None = None  # who picks a zoom turn's next window
 
     @field_validator("sampler")
     @classmethod
@@ -144,7 +145,11 @@ class RunConfig(_Frozen):
     priority: int = 0
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for turn in data["turns"].values():  # unset, a run's hash stays what it was before it
+            if turn.get("zoom") is None:
+                turn.pop("zoom", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
@@ -189,7 +194,7 @@ def allowed_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[s
 
 # `--set turns.answer.model=...`: a turn override, for any turn name.
 _TURN_KEY = re.compile(
-    r"turns\.[A-Za-z_][\w-]*\.(?:model|max_new_tokens|per_segment|sampler\.(?:"
+    r"turns\.[A-Za-z_][\w-]*\.(?:model|max_new_tokens|per_segment|zoom|sampler\.(?:"
     + "|".join(SamplerConfig.model_fields)
     + r"))"
 )
@@ -243,16 +248,21 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set sampler.frames=16")
     if not _known_key(key):
         hint = near_keys(key)
-        if key.startswith("turns."):
-            hint = (
-                "a turn takes turns.<turn>.model, .max_new_tokens, .per_segment or .sampler.<key>"
-            )
+        if key == "zoom":
+            hint = "zoom belongs to a turn: --set turns.<turn>.zoom=oracle (or model)"
+        elif key.startswith("turns."):
+            hint = "a turn takes turns.<turn>.model, .max_new_tokens, .per_segment, .zoom or .sampler.<key>"
         raise ConfigError(f"--set: unknown key {key!r}; {hint}")
     *parents, leaf = key.split(".")
     node = data
     for p in parents:
         node = node.setdefault(p, {})
-    node[leaf] = _parse_value(raw.strip())
+    value = _parse_value(raw.strip())
+    if tomlfiles.non_finite(value) is not None:
+        raise ConfigError(
+            f"--set {key}={raw.strip()}: not a finite number (nan and inf are refused): give a number"
+        )
+    node[leaf] = value
 
 
 def _explain(exc: ValidationError, origin: str) -> ConfigError:

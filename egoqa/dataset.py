@@ -19,6 +19,8 @@ from egoqa.errors import DatasetError
 
 WINDOW_TOLERANCE_SEC = 0.5  # answer windows may overrun the clip end by this much
 CLIP_TOLERANCE_SEC = 1.0  # clips may overrun their video's metadata duration by this much
+MAX_SEC = 1e6  # no recording is 11 days long: a time past this is a broken record
+CLIP_TIMES = ("video_start_sec", "video_end_sec", "clip_start_sec", "clip_end_sec")
 EXTRA_KEYS = ("slot_x", "verb_x", "slot_y", "verb_y", "raw_tags", "answer")
 _CLEANED_EXTRA = frozenset({"slot_x", "verb_x", "slot_y", "verb_y", "answer"})
 
@@ -301,6 +303,7 @@ class _Loader:
         if clip_uid is None:
             raise _Skip("missing_fields", "clip has no clip_uid")
         video_uid = _str(video.get("video_uid"))
+        _check_clip_times(raw, clip_uid)
         start = _number(raw.get("video_start_sec"))
         duration = self.clip_duration(raw, clip_uid, video_uid, start)
         path, offset = self.find_video(clip_uid, video_uid, start)
@@ -378,11 +381,30 @@ def _time(raw: dict, key: str) -> float:
         return number
     if value is None:
         what = "null"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        what = "too large a number"
     elif isinstance(value, float):  # json.load reads NaN and Infinity
         what = "NaN" if math.isnan(value) else "infinite"
     else:
         what = f"{_brief(value)}, not a number"
     raise _Skip("bad_time", f"language query's {key} is {what}")
+
+
+def _check_clip_times(raw: dict, clip_uid: str) -> None:
+    """A clip's times that are numbers lie in 0 .. MAX_SEC (a negative start would be sought
+    before the video begins; a huge end is not a length any video has)."""
+    for key in CLIP_TIMES:
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        number = _number(value)
+        if number is None:
+            what = "too large a number" if isinstance(value, int) else "not finite"
+        elif not 0 <= number <= MAX_SEC:
+            what = "negative" if number < 0 else f"{seconds(number)} s, past any video's length"
+        else:
+            continue
+        raise _Skip("bad_time", f"clip {clip_uid}'s {key} is {what}: fix the record")
 
 
 def seconds(value: float) -> str:
@@ -424,7 +446,10 @@ def require_queries(dataset: Dataset, annotations: Path, videos: Path) -> None:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
     return value if math.isfinite(value) else None
 
 

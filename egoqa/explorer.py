@@ -22,9 +22,10 @@ from egoqa import __version__
 from egoqa import report as rp
 from egoqa.errors import EgoqaError
 from egoqa.evaluate import parse_segments
+from egoqa.output import ensure_folder
 from egoqa.report_tables import tables
 from egoqa.store.db import Database
-from egoqa.store.explore import run_clips, run_jobs
+from egoqa.store.explore import run_clips, run_jobs, zoom_levels
 from egoqa.thumbnails import ClipThumbs, spread, timestamp_ms
 
 ASSETS = Path(__file__).resolve().parent / "explorer_assets"
@@ -42,9 +43,8 @@ def write_explorer(
     built = rp.build(db, run, compare, require_finished=False)
     data = rp.load_run(db, run)
     clips, jobs = run_clips(db, run), run_jobs(db, run)
-    (site / "data").mkdir(parents=True, exist_ok=True)
     clip_no = {c["clip_uid"]: n for n, c in enumerate(clips)}
-    frames, notes = _frames(jobs, clips, clip_no, site, thumbs)
+    frames, notes = _frames(db, jobs, clips, clip_no, site, thumbs)
     chains = _chains(jobs)
     index = {
         "run": run,
@@ -54,9 +54,10 @@ def write_explorer(
         "tables": [[t.title, t.columns, t.rows] for t in tables(built)],
         "charts": _charts(built, site),
         "compare": compare,
+        "oracle": _oracle_runs(data, built),
         "turns": [t.get("name") for t in data.style.get("turns", [])],
         "clips": [[c["clip_uid"], c["duration_sec"], notes.get(c["clip_uid"])] for c in clips],
-        "items": _items(data, chains, clip_no, _compare_rows(db, compare)),
+        "items": _items(data, chains, clip_no, _compare_rows(db, compare), _zooms(db, jobs)),
     }
     _write_js(site / "data" / "index.js", "EGOQA.index(", index)
     by_clip: dict[str, list[dict]] = {}
@@ -65,7 +66,13 @@ def write_explorer(
     for uid, n in clip_no.items():
         detail = _clip_detail(by_clip.get(uid, []), frames, notes.get(uid))
         _write_js(site / "data" / f"clip-{n}.js", f"EGOQA.clip({n}, ", detail)
-    return _page(site, run)
+    return _page(site, run, bool(index["oracle"]))
+
+
+def _oracle_runs(data: rp.RunData, built: dict) -> list[str]:
+    """The runs on the page (this one, the compared) whose zoom chose windows by the truth."""
+    compared = [r["run"] for r in built.get("compare", [])[1:] if r.get("oracle")]
+    return [data.run] * data.oracle + compared
 
 
 # --- per query ---------------------------------------------------------------------------------
@@ -86,7 +93,24 @@ def _windows(segments: str | None) -> list[list[float]]:
     return [[round(s, 3), round(e, 3)] for s, e, *_ in json.loads(segments or "[]")[:TOP]]
 
 
-def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) -> list[dict]:
+def _zooms(db: Database, jobs: list[dict]) -> dict[int, dict]:
+    """Each zoom level's chain as a card shows it: every level's window, chosen window and
+    stop reason ("zl"), and the final window ("zf") once the zoom has ended."""
+    ids = sorted({j["job_id"] for j in jobs if "zoom" in j["spec"]})
+    out = {}
+    for job_id, notes in zoom_levels(db, ids).items():
+        done = [n for n in notes if n]
+        levels = [{"d": n["depth"], "w": n["window"], "c": n["chosen"]} for n in done]
+        last = done[-1] if done and done[-1].get("final") else None
+        if last is not None:
+            levels[-1]["r"] = last["reason"]
+        out[job_id] = {"zl": levels} | ({"zf": last["final_window"]} if last else {})
+    return out
+
+
+def _items(
+    data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict], zooms: dict
+) -> list[dict]:
     items = []
     for row in data.rows:
         chain = chains.get(_ids(row), [])
@@ -106,6 +130,8 @@ def _items(data: rp.RunData, chains: dict, clip_no: dict, compared: list[dict]) 
             "j": [job["job_id"] for job in chain],
         }
         item |= _problem(row, chain) | _samples(data, row, chain)
+        for job in chain:
+            item |= zooms.get(job["job_id"], {})
         if compared:
             item["cmp"] = [_compared(by_ids.get(_ids(row))) for by_ids in compared]
         items.append(item)
@@ -152,30 +178,40 @@ def _compared(row: dict | None) -> dict | None:
 # --- per clip: turns and frames ----------------------------------------------------------------
 
 
-def _job_timestamps(job: dict, duration: float, responses: dict[str, str]) -> list[float]:
-    """The clip times of the frames a finished turn showed the model ([] for a text-only turn)."""
+def _job_timestamps(db, job: dict, duration: float, responses: dict[str, str]) -> list[float]:
+    """The clip times of the frames a finished turn showed the model ([] for a text-only turn);
+    a shots turn's keyframes come from the shot detection stored when it ran."""
     from egoqa.rendering import SEGMENTS, media_timestamps
 
     media = job["spec"].get("media") or {"kind": "none"}
     if media["kind"] == "none" or job["state"] != "done":
         return []
+    if media.get("sampler", {}).get("kind") == "shots":
+        from egoqa.shots import stored_shots
+
+        shots = stored_shots(db, media, duration)
+        if shots is None:
+            raise ExplorerError("no shot detection of its window is stored in this database")
+        return shots.keyframes
     parents = {SEGMENTS: responses.get(media["from"]) or ""} if "from" in media else {}
     return media_timestamps(job["spec"], duration, parents)
 
 
-def _frames(jobs: list[dict], clips: list[dict], clip_no: dict, site: Path, limit: int):
+def _frames(db, jobs: list[dict], clips: list[dict], clip_no: dict, site: Path, limit: int):
     """Thumbnails of each job's frames (at most `limit` per turn), and a note per clip that has
     frames none of which could be shown. Returns ({job id: [[t, path], ...] or a note}, notes)."""
     responses = {job["key"]: job["response"] for job in jobs}
     wanted: dict[int, tuple[str, list[float], int]] = {}
+    missing: dict[int, dict] = {}
     by_clip = {c["clip_uid"]: c for c in clips}
     for job in jobs:
         if job["job_id"] in wanted or limit < 1:
             continue
         try:
-            times = _job_timestamps(job, by_clip[job["clip_uid"]]["duration_sec"], responses)
-        except EgoqaError:
-            times = []  # a sampler the clip cannot satisfy: the job failed and says why
+            times = _job_timestamps(db, job, by_clip[job["clip_uid"]]["duration_sec"], responses)
+        except EgoqaError as exc:  # said on the turn: an empty strip would look like no frames
+            missing[job["job_id"]] = {"fnote": f"its frames cannot be shown: {exc}"}
+            times = []
         if times:
             wanted[job["job_id"]] = (job["clip_uid"], spread(times, limit), len(set(times)))
     thumbs = _decode_all(wanted, by_clip, clip_no, site)
@@ -184,7 +220,7 @@ def _frames(jobs: list[dict], clips: list[dict], clip_no: dict, site: Path, limi
         got = thumbs[clip_uid]
         paths = [[t, got.paths[timestamp_ms(t)]] for t in shown if timestamp_ms(t) in got.paths]
         frames[job_id] = {"f": paths, "of": total}
-    return frames, {uid: t.note for uid, t in thumbs.items() if t.note}
+    return missing | frames, {uid: t.note for uid, t in thumbs.items() if t.note}
 
 
 def _decode_all(wanted: dict, clips: dict, clip_no: dict, site: Path) -> dict[str, ClipThumbs]:
@@ -235,6 +271,7 @@ def _check_site(site: Path) -> None:
         raise ExplorerError(
             f"{page} exists and was not written by egoqa: pass a new or empty directory to --html"
         )
+    ensure_folder(site / "data", "--html")  # a place that cannot hold it, said before any work
 
 
 def _charts(built: dict, site: Path) -> list[str]:
@@ -251,11 +288,12 @@ def _write_js(path: Path, call: str, obj) -> None:
     path.write_text(f"{call}{text});\n")
 
 
-def _page(site: Path, run: str) -> Path:
+def _page(site: Path, run: str, oracle: bool = False) -> Path:
     (site / "assets").mkdir(parents=True, exist_ok=True)
     for name in SCRIPTS:
         shutil.copyfile(ASSETS / name, site / "assets" / name)
     template = (ASSETS / "index.html").read_text()
     page = site / "index.html"
-    page.write_text(template.replace("{{TITLE}}", html.escape(f"egoqa run {run}")))
+    title = f"egoqa run {run}" + (" (oracle zoom: an upper bound)" if oracle else "")
+    page.write_text(template.replace("{{TITLE}}", html.escape(title)))
     return page

@@ -213,6 +213,10 @@ def blocks(text: str | None) -> list[Block]:
 ORIGINAL_BRACKETED = re.compile(r"\[(\d+(?:\.\d+)?)s?\]\s*-\s*\[(\d+(?:\.\d+)?)s?\]")
 # A verdict block opens on a line beginning `N. As - Bs:` (whole seconds, `s` required).
 ORIGINAL_BLOCK_OPEN = re.compile(r"\d+\.\s*(\d+)s\s*-\s*(\d+)s\s*:")
+# A shot's range: the original printed its shots truncated to whole seconds (`int(start)`), so its
+# blocks always matched the pattern above; egoqa prints them with a decimal (`1. 0s - 20.8s:`),
+# read here and truncated: the same whole-second range the original printed and read.
+ORIGINAL_SHOT_BLOCK_OPEN = re.compile(r"\d+\.\s*(\d+(?:\.\d+)?)s\s*-\s*(\d+(?:\.\d+)?)s\s*:")
 ORIGINAL_VERDICT = "Verdict:"
 
 
@@ -221,22 +225,24 @@ def original_bracketed(text: str) -> list[tuple[int, int]]:
     return [(int(float(a)), int(float(b))) for a, b in ORIGINAL_BRACKETED.findall(text or "")]
 
 
-def original_verdict_blocks(text: str) -> tuple[list[tuple[int, int]], int]:
+def original_verdict_blocks(text: str, shots: bool = False) -> tuple[list[tuple[int, int]], int]:
     """(the ranges whose verdict is exactly `relevant`, how many `Verdict:` lines were listed).
 
     A line beginning `N. As - Bs:` opens a range; a later line containing `Verdict:` closes it,
     and the range counts when the text after `Verdict:`, square brackets removed, stripped and
     lower-cased, is `relevant`. Every `Verdict:` line is one listed segment. Lines are read with
     surrounding whitespace stripped; a verdict on the opening line itself closes nothing.
+    With `shots`, a range may have decimals (truncated), as a shot's range is printed.
     """
+    pattern = ORIGINAL_SHOT_BLOCK_OPEN if shots else ORIGINAL_BLOCK_OPEN
     relevant: list[tuple[int, int]] = []
     listed, open_range = 0, None
     for line in (text or "").split("\n"):
         line = line.strip()
         listed += ORIGINAL_VERDICT in line
-        opened = ORIGINAL_BLOCK_OPEN.match(line)
+        opened = pattern.match(line)
         if opened:
-            open_range = (int(opened[1]), int(opened[2]))
+            open_range = (int(float(opened[1])), int(float(opened[2])))
         elif ORIGINAL_VERDICT in line:
             verdict = line.split(ORIGINAL_VERDICT, 1)[1].replace("[", "").replace("]", "")
             if open_range is not None and verdict.strip().lower() == "relevant":

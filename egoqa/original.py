@@ -33,9 +33,17 @@ def uses_verdicts(style_name: str) -> bool:
     return style_name.startswith(VERDICT_STYLES)
 
 
-def parse(text: str | None, verdicts: bool) -> Parsed:
+def shot_ranges(style: dict, config: dict, graded_turn: str) -> bool:
+    """The graded turn samples by shots: its blocks carry shot ranges, printed with decimals."""
+    turn = next((t for t in style.get("turns", []) if t.get("name") == graded_turn), {})
+    override = config.get("turns", {}).get(graded_turn, {}).get("sampler", {})
+    kind = override.get("kind") or turn.get("sampler", {}).get("kind")
+    return (kind or config.get("sampler", {}).get("kind")) == "shots"
+
+
+def parse(text: str | None, verdicts: bool, shots: bool = False) -> Parsed:
     if verdicts:
-        relevant, listed = original_verdict_blocks(text or "")
+        relevant, listed = original_verdict_blocks(text or "", shots)
         return Parsed(relevant, listed)
     found = original_bracketed(text or "")
     return Parsed(found, len(found))
@@ -51,10 +59,10 @@ def covered(segments: Iterable[tuple[int, int]], gt_start: float, gt_end: float)
     return any(start <= gt_start and gt_end <= end for start, end in segments)
 
 
-def score_instance(row: dict, verdicts: bool) -> dict:
+def score_instance(row: dict, verdicts: bool, shots: bool = False) -> dict:
     """One query: its category, segments, listed count, correct and any-sample correct."""
     done = row["state"] == "done" and row["gt_start"] is not None
-    parsed = parse(row["response"], verdicts) if done else Parsed([], 0)
+    parsed = parse(row["response"], verdicts, shots) if done else Parsed([], 0)
     samples = (json.loads(row["responses"] or "[]") or [row["response"]]) if done else []
     gt = (row["gt_start"], row["gt_end"])
     return {
@@ -70,7 +78,7 @@ def score_instance(row: dict, verdicts: bool) -> dict:
         "listed": parsed.listed,
         "correct": done and covered(parsed.segments, *gt),
         "any_sample_correct": done
-        and any(covered(parse(t, verdicts).segments, *gt) for t in samples),
+        and any(covered(parse(t, verdicts, shots).segments, *gt) for t in samples),
     }
 
 
@@ -128,7 +136,8 @@ def build(db: Database, run: str) -> dict:
     data = report.load_run(db, run)
     report.require_scorable(data)
     name = str(data.style.get("name", ""))
-    instances = [score_instance(r, uses_verdicts(name)) for r in _rows(db, run)]
+    shots = shot_ranges(data.style, data.config, data.graded_turn)
+    instances = [score_instance(r, uses_verdicts(name), shots) for r in _rows(db, run)]
     out = summarize(run, name, data.samples, instances)
     out["summary"]["oracle"] = data.oracle
     return out

@@ -292,7 +292,8 @@ def _clip_rows(clips: list[Clip], identities: dict[str, str]) -> list[dict]:
     ]
 
 
-def _query_rows(queries: list[Query], clip_ids: dict[str, int]) -> list[dict]:
+def _query_rows(queries: list[Query], clip_ids: dict[str, int], clips: dict) -> list[dict]:
+    """The catalogue's rows of these queries, with their clip's split (part of a version)."""
     return [
         {
             "clip_id": clip_ids[q.clip_uid],
@@ -304,6 +305,7 @@ def _query_rows(queries: list[Query], clip_ids: dict[str, int]) -> list[dict]:
             "gt_start": q.gt_start,
             "gt_end": q.gt_end,
             "extra": canonical(q.extra),
+            "split": clips[q.clip_uid].split,
         }
         for q in queries
     ]
@@ -370,6 +372,18 @@ def _ensure_run(cur: Cursor, row: dict, recompute: bool) -> tuple[int, str | Non
     return stored.id, change
 
 
+def _check_oracle(style: Style, dataset: Dataset) -> None:
+    """An oracle zoom chooses by the ground truth: over queries without one, every chain would
+    stop at its first level (no_ground_truth)."""
+    oracle = [t.name for t in style.turns if t.zoom == "oracle"]
+    blind = sum(q.gt_start is None or q.gt_end is None for q in dataset.queries)
+    if oracle and blind:
+        raise ConfigError(
+            f"turn {oracle[0]!r} zooms by the ground truth (zoom = 'oracle'), but {blind} of the "
+            f"{len(dataset.queries)} queries have none (an unannotated split): use zoom = 'model'"
+        )
+
+
 def _check_follow_ups(style: Style) -> None:
     """A turn that takes a zoom's final window is planned when the zoom ends; a turn that reads
     it would have to wait for that too, which this planner does not do: refuse it plainly."""
@@ -400,6 +414,7 @@ def enqueue_run(
     """
     style = style.with_overrides(config.turns)
     _check_follow_ups(style)
+    _check_oracle(style, dataset)
     used = {q.clip_uid for q in dataset.queries}
     clips = [c for uid, c in dataset.clips.items() if uid in used]
     identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
@@ -407,7 +422,9 @@ def enqueue_run(
     with db.write() as cur:
         run_id, change = _ensure_run(cur, _run_row(config, style, run, annotations), recompute)
         clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
-        query_ids = catalog.upsert_queries(cur, _query_rows(dataset.queries, clip_ids))
+        query_ids = catalog.upsert_queries(
+            cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
+        )
         planner = _Planner(config, style, clip_ids, identities, query_ids)
         for q in dataset.queries:
             planner.plan_query(by_uid[q.clip_uid], q)

@@ -176,7 +176,9 @@ def enqueue_prior_run(db, dataset: Dataset, prior: Prior, run: str, annotations:
     with db.write() as cur:
         run_id = store.ensure_run(cur, run, prior, annotations)
         clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
-        query_ids = catalog.upsert_queries(cur, _query_rows(dataset.queries, clip_ids))
+        query_ids = catalog.upsert_queries(
+            cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
+        )
         new, job_ids = store.insert_done_jobs(cur, preds, clip_ids, query_ids, prior.model)
         store.write_items(cur, run_id, [query_ids[_ids(p.query)] for p in preds], job_ids, TURN)
     score_items(db, run=run)

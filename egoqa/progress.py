@@ -60,7 +60,7 @@ class ProgressView:
         )
         self.progress.start()
 
-    def tick(self) -> Counts:
+    def tick(self, final: bool = False) -> Counts:
         c = counts(self.db, self.engine)
         elapsed = max(1e-6, time.time() - self.start)
         rate = (c.finished - self.base) / elapsed
@@ -68,7 +68,7 @@ class ProgressView:
         self.progress.update(
             self.task, total=c.total, completed=c.finished, rate=f"{rate:.2f} jobs/s", failed=failed
         )
-        if not self.console.is_terminal and time.time() - self.last_line > 10:
+        if not self.console.is_terminal and (final or time.time() - self.last_line > 10):
             self.last_line = time.time()
             self.console.print(
                 f"{c.finished}/{c.total} jobs ({c.failed} failed), {rate:.2f} jobs/s"
@@ -76,6 +76,6 @@ class ProgressView:
         return c
 
     def close(self) -> Counts:
-        c = self.tick()
+        c = self.tick(final=True)  # without a terminal, the last line says how it ended
         self.progress.stop()
         return c

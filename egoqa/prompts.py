@@ -13,6 +13,7 @@ clip and shared by every query on it.
 from __future__ import annotations
 
 import difflib
+import math
 import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -124,9 +125,11 @@ class Style:
         turns = tuple(
             _override(t, overrides[t.name]) if t.name in overrides else t for t in self.turns
         )
-        for t in turns:
+        for i, t in enumerate(turns):
             if t.name in overrides:
-                _validate_per_segment(t, f"the config's [turns.{t.name}]")
+                where = f"the config's [turns.{t.name}]"
+                _validate_per_segment(t, where)
+                _validate_zoom(t, names[:i], where)
         return replace(self, turns=turns)
 
     def to_dict(self) -> dict:
@@ -151,6 +154,7 @@ def _override(turn: Turn, o) -> Turn:
         sampler={**turn.sampler, **o.sampler},
         max_new_tokens=o.max_new_tokens or turn.max_new_tokens,
         per_segment=turn.per_segment if o.per_segment is None else o.per_segment,
+        zoom=o.zoom or turn.zoom,
     )
 
 
@@ -206,7 +210,7 @@ def _parse_turn(d: Any, i: int, origin: str) -> Turn:
             zoom=d.get("zoom", "model"),
             per_segment=_flag(d.get("per_segment", False), "per_segment"),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise StyleError(f"{origin}: turn {d['name']!r}: {exc}") from None
 
 
@@ -221,8 +225,10 @@ def _repeat_until(value: Any, name: str, origin: str) -> dict[str, Any] | None:
             "repeat_until = {window_sec = 20, max_depth = 6}"
         )
     window, depth = value["window_sec"], value["max_depth"]
-    if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
-        raise StyleError(f"{where}.window_sec must be a number of seconds above 0, not {window!r}")
+    if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
+        raise StyleError(
+            f"{where}.window_sec must be a number of seconds above 0 (and finite), not {window!r}"
+        )
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
         raise StyleError(f"{where}.max_depth must be a whole number from 1 to {MAX_DEPTH}")
     return {"window_sec": float(window), "max_depth": depth}

@@ -310,8 +310,22 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
             require_scorable(data)
         s = summary(data)
         keys = ("n", "done", "failed", "pending", *METRICS, "pred_length", "best_of_n")
-        out.append({"run": run, **{k: s[k] for k in keys}})
+        out.append({"run": run, **{k: s[k] for k in keys}, "oracle": data.oracle})
     return out
+
+
+def query_sets(db: Database, runs: Sequence[str]) -> dict[str, set[tuple]]:
+    """Each run's queries as (clip_uid, annotation_uid, query_idx)."""
+    out: dict[str, set[tuple]] = {}
+    for run in runs:
+        rows = results.run_results(db, run)
+        out[run] = {(r["clip_uid"], r["annotation_uid"], r["query_idx"]) for r in rows}
+    return out
+
+
+def oracle_label(row: dict) -> str:
+    """A compared run's name, marked where its zoom chose windows by the ground truth."""
+    return f"{row['run']} (oracle)" if row.get("oracle") else row["run"]
 
 
 def build(

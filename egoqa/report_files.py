@@ -50,6 +50,15 @@ def _turns_by_item(db: Database, run: str) -> dict[tuple, list[dict]]:
     return out
 
 
+def _zoom_chains(db: Database, turns: dict[tuple, list[dict]]) -> dict[int, list[dict]]:
+    """Each zoom level's job id -> the notes of its levels from depth 0 (finished ones)."""
+    from egoqa.store.explore import zoom_levels
+
+    ids = sorted({t["job_id"] for ts in turns.values() for t in ts})
+    chains = {j: [n for n in notes if n] for j, notes in zoom_levels(db, ids).items()}
+    return {j: notes for j, notes in chains.items() if notes and "depth" in notes[0]}
+
+
 _SCORE_KEYS = ("correct", "iou_top1", "r1_03", "r1_05", "r5_03", "r5_05", "outcome", "n_segments")
 _BEST_KEYS = ("correct", "iou_top1", "r1_03", "r1_05")
 
@@ -57,6 +66,7 @@ _BEST_KEYS = ("correct", "iou_top1", "r1_03", "r1_05")
 def instances(db: Database, data: RunData) -> list[dict]:
     """Every query of the run: ids, query, ground truth, segments, scores and every turn."""
     turns = _turns_by_item(db, data.run)
+    zooms = _zoom_chains(db, turns)
     out = []
     for r in data.rows:
         key = (r["clip_uid"], r["annotation_uid"], r["query_idx"])
@@ -69,6 +79,9 @@ def instances(db: Database, data: RunData) -> list[dict]:
         if data.samples > 1:
             item["best_of_n"] = {k: r["best_" + k] for k in _BEST_KEYS}
         item["turns"] = turns.get(key, [])
+        chain = [zooms[t["job_id"]] for t in item["turns"] if t["job_id"] in zooms]
+        if chain:  # every level: its window, the chosen shot, and why the zoom stopped
+            item["zoom_levels"] = chain[0]
         out.append(item)
     return out
 

@@ -116,7 +116,10 @@ def tables(report: dict) -> list[TableSpec]:
             TableSpec("failures", ["kind", "jobs", "turns", "queries lost", "example"], rows)
         )
     if report["compare"]:
-        out.append(TableSpec("runs compared (%)", *_metric_table(report["compare"], "run"), True))
+        from egoqa.report import oracle_label
+
+        shown = [r | {"run": oracle_label(r)} for r in report["compare"]]
+        out.append(TableSpec("runs compared (%)", *_metric_table(shown, "run"), True))
     if report["summary"].get("oracle"):
         out = [dataclasses.replace(t, title=t.title + ORACLE) for t in out]
     return out

@@ -185,3 +185,19 @@ def clip_shots(
         store.record_cuts(db, key, video, detector, file_window, found)
         cuts = found.cuts
     return shots_in_window([c - offset_sec for c in cuts], (start, end), spec)
+
+
+def stored_shots(db, media: dict, duration_sec: float) -> Shots | None:
+    """The shots a finished job's media showed, from the detection stored when it ran (read
+    only: the explorer never detects); None where no detection of that window is stored."""
+    from egoqa.config import sampler_from
+    from egoqa.store import shots as store
+
+    spec = sampler_from(media["sampler"])
+    start, end = check_window(tuple(media.get("window") or (0.0, duration_sec)), duration_sec)
+    offset = media["offset"]
+    key = detection_key(media["video"], detector_spec(spec), offset + start, offset + end)
+    cuts = store.cached_cuts(db, key)
+    if cuts is None:
+        return None
+    return shots_in_window([c - offset for c in cuts], (start, end), spec)

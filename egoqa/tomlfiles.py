@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from importlib import resources
@@ -48,6 +49,32 @@ def load(name_or_path: str, folder: str, what: str, error: type[EgoqaError]) -> 
             )
         text, origin = res.read_text(encoding="utf-8"), f"{what} {name_or_path}"
     try:
-        return tomllib.loads(text), origin
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{origin} is not valid TOML: {exc}") from None
+    require_finite(data, origin, error)
+    return data, origin
+
+
+def non_finite(value, path: str = "") -> str | None:
+    """The dotted key of the first nan or inf in a parsed TOML value (TOML allows both), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "the value"
+    items = value.items() if isinstance(value, dict) else []
+    if isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    for key, v in items:
+        sub = f"{path}{key}" if str(key).startswith("[") else f"{path}.{key}".lstrip(".")
+        found = non_finite(v, sub)
+        if found:
+            return found
+    return None
+
+
+def require_finite(data, origin: str, error: type[EgoqaError]) -> None:
+    """Refuse nan and inf anywhere in a file: no setting of a run means "not a number"."""
+    key = non_finite(data)
+    if key is not None:
+        raise error(
+            f"{origin}: {key} is not a finite number (nan and inf are refused): give a number"
+        )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from egoqa.backends.base import Backend
 from egoqa.batchrun import Batch, BatchRunner, Sizer
 from egoqa.claimahead import ClaimAhead
-from egoqa.config import RunConfig, config_from_json, engine_id
+from egoqa.config import RunConfig, config_from_json, engine_id, resolve_model_ref
 from egoqa.errors import EgoqaError
 from egoqa.heartbeat import Heartbeat
 from egoqa.recording import Recorder, WorkerStats
@@ -27,7 +27,13 @@ from egoqa.stopping import StopRequested, StopSignals
 from egoqa.store import queue
 from egoqa.store import workers as registry
 from egoqa.store.db import Database
-from egoqa.store.work import EngineRow, choose_engine, engine_row
+from egoqa.store.work import (
+    EngineRow,
+    choose_engine,
+    engine_row,
+    engines_starting,
+    pending_engines,
+)
 
 log = logging.getLogger("egoqa.worker")
 
@@ -79,19 +85,36 @@ def resolve_engine(
     """The engine to serve: the one given, or the one (of `model`, or any) with most pending
     jobs; None when nothing is pending."""
     if engine is not None:
-        row = engine_row(db, engine)
+        row = engine_row(db, _engine_by_prefix(db, engine))
         if row is None:
             raise EgoqaError(f"no jobs of engine {engine!r}: see `egoqa status` for the engines")
         return served_from(row)
+    if model is not None:
+        model = resolve_model_ref(model)  # a local directory is stored as its absolute path
     row = choose_engine(db, model)
     if row is None:
-        if model is not None and choose_engine(db) is not None:
+        pending = pending_engines(db)
+        if model is not None and pending:
+            have = ", ".join(f"{m} ({n})" for _, m, n in pending)
             raise EgoqaError(
-                f"no pending jobs for model {model!r}: check --model, or leave it out to serve "
-                "the model with most pending jobs"
+                f"no pending jobs for model {model!r}; models with pending jobs: {have}: pass "
+                "one of them to --model, or leave it out to serve the one with most"
             )
         return None
     return served_from(row)
+
+
+def _engine_by_prefix(db: Database, engine: str) -> str:
+    """An engine id, or the one id an unambiguous prefix of it names."""
+    matches = engines_starting(db, engine)
+    if engine in matches or len(matches) != 1:
+        if len(matches) > 1 and engine not in matches:
+            raise EgoqaError(
+                f"--engine {engine!r} begins {len(matches)} engine ids ({', '.join(matches)}): "
+                "give more of the id"
+            )
+        return engine
+    return matches[0]
 
 
 def served_from(row: EngineRow) -> Served:

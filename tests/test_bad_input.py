@@ -497,7 +497,7 @@ def test_writes_through_egoqa_sql_are_refused_by_the_database(cli, db, tmp_path)
         ("UPDATE jobs SET response = 'tampered'", "egoqa sql is read-only"),
         ("DROP TABLE jobs", "egoqa sql is read-only"),
         ("PRAGMA user_version = 7", "egoqa sql is read-only"),
-        ("PRAGMA journal_mode = DELETE", "egoqa sql runs one read-only statement"),
+        ("PRAGMA journal_mode = DELETE", "egoqa sql is read-only"),
         (f"ATTACH DATABASE '{attached}' AS a", "egoqa sql is read-only and cannot ATTACH"),
     ):
         error_line(cli("sql", stmt, check=False), message)

@@ -32,6 +32,7 @@
       " failed, " + s.pending + " pending · coverage " + pct(s.coverage) +
       " · mean predicted length " + pct(s.pred_length) + " of the clip · R@1 IoU>0.3 " +
       pct(s.r1_03) + " · written " + D.generated + " by egoqa " + D.version;
+    if (D.oracle && D.oracle.length) $("title").after(el("p", "oracle-note", oracleText()));
     if (s.pending) {
       var note = $("pending-note");
       note.hidden = false;
@@ -157,6 +158,11 @@
     view.slice(from, to).forEach(function (i) { box.appendChild(card(D.items[i], i)); });
   }
 
+  function oracleText() {
+    return "Oracle zoom in " + D.oracle.join(", ") + ": the ground truth chose each window, " +
+      "so its scores are an upper bound, not a result.";
+  }
+
   /* --- cards ------------------------------------------------------------------------------- */
 
   var PROBLEM = {
@@ -176,11 +182,18 @@
       "tIoU " + iou(it.u), it.g ? "truth " + secs(it.g[0]) + "–" + secs(it.g[1]) : "no truth",
       "clip " + secs(clip[1])];
     node.appendChild(el("div", "meta", meta.filter(Boolean).join(" · ")));
+    if (D.oracle && D.oracle.length) node.appendChild(el("div", "oracle-note", oracleText()));
+    if (it.o === "covered" && it.u === 0) {
+      node.appendChild(el("div", "note", "covered by a lower-ranked segment: the top-ranked " +
+        "one misses the truth (tIoU 0.00)"));
+    }
     problem(node, it);
-    node.appendChild(timeline(D.run, clip[1], it.g, it.w, it.n || [], "main"));
+    if (it.zl) node.appendChild(zoomLine(it));
+    node.appendChild(timeline(D.run, clip[1], it.g, it.w, it.n || [], "main", it.zf));
     (it.cmp || []).forEach(function (c, n) {
       var row = timeline(D.compare[n], clip[1], it.g, c ? c.w : [], [], "compare");
       if (!c) row.querySelector(".tl-end").textContent = "not in run";
+      else if (c.o === "no_segment") row.querySelector(".tl-end").textContent = "no segment";
       node.appendChild(row);
     });
     if (it.cmp) node.appendChild(rightLine(it));
@@ -199,10 +212,24 @@
     }
   }
 
-  function timeline(label, duration, gt, windows, samples, kind) {
+  function zoomLine(it) {
+    var steps = it.zl.map(function (l) {
+      return secs(l.w[0]) + "–" + secs(l.w[1]) +
+        (l.c ? " → shot " + secs(l.c[0]) + "–" + secs(l.c[1]) : "");
+    });
+    var last = it.zl.length ? it.zl[it.zl.length - 1] : null;
+    var end = it.zf ? (last && last.r ? " · stopped: " + last.r.replace(/_/g, " ") : " · reached the target")
+      : " · still zooming";
+    return el("div", "zoom-line", "zoom (" + it.zl.length + " level" +
+      (it.zl.length === 1 ? "" : "s") + "): " + steps.join(" ⟶ ") + end);
+  }
+
+  function timeline(label, duration, gt, windows, samples, kind, zoomed) {
     var row = el("div", "tl " + kind);
+    if (D.oracle && D.oracle.indexOf(label) >= 0) label += " (oracle)";
     row.appendChild(el("div", "tl-label", label));
     var bar = el("div", "tl-bar");
+    if (zoomed) bar.appendChild(mark("zoomed", zoomed, duration, "final zoom window"));
     if (gt) bar.appendChild(mark("gt", gt, duration, "ground truth"));
     windows.forEach(function (w, r) {
       var m = mark("pred" + (r ? " rank-low" : ""), w, duration, "prediction #" + (r + 1));
@@ -279,6 +306,7 @@
     sec.appendChild(el("h4", null, head));
     if (job.error) sec.appendChild(el("div", "problem", (job.error_kind || "error") + ": " + job.error));
     if (job.f) sec.appendChild(frames(job));
+    if (job.fnote) sec.appendChild(el("div", "note", job.fnote));
     fold(sec, "prompt", job.prompt);
     fold(sec, "response (the one kept)", job.response);
     if (job.responses && job.responses.length > 1) {

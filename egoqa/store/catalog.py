@@ -6,6 +6,8 @@ chain changed (the old jobs and their results stay as history) and says how many
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from egoqa.store.db import Cursor, chunks, in_list
@@ -32,22 +34,34 @@ def upsert_clips(cur: Cursor, rows: list[dict]) -> dict[str, int]:
     return dict(cur.all("SELECT clip_uid, id FROM clips"))
 
 
+VERSIONED = ("text", "query_type", "template", "gt_start", "gt_end", "extra", "split")
+
+
+def query_version(row: dict) -> str:
+    """What tells two contents of one (clip, annotation_uid, query_idx) apart: a hash of its
+    text, type, template, answer window, extra fields and split (migration 0009 hashes alike)."""
+    doc = json.dumps({k: row[k] for k in VERSIONED}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
 def upsert_queries(cur: Cursor, rows: list[dict]) -> dict[tuple, int]:
-    """Queries by (clip, annotation_uid, query_idx); returns (clip_uid, annotation_uid, idx) → id."""
+    """Each query's version for its content (a new row where the content is new: an earlier
+    run keeps the version it was enqueued with); returns (clip_uid, annotation_uid, idx) → id."""
+    rows = [{**r, "version": query_version(r)} for r in rows]
     cur.executemany(
         """INSERT INTO queries (clip_id, annotation_uid, query_idx, text, query_type, template,
-                                gt_start, gt_end, extra)
+                                gt_start, gt_end, extra, version, split)
            VALUES (:clip_id, :annotation_uid, :query_idx, :text, :query_type, :template,
-                   :gt_start, :gt_end, :extra)
-           ON CONFLICT (clip_id, annotation_uid, query_idx) DO UPDATE SET text = excluded.text,
-             query_type = excluded.query_type, template = excluded.template,
-             gt_start = excluded.gt_start, gt_end = excluded.gt_end, extra = excluded.extra""",
+                   :gt_start, :gt_end, :extra, :version, :split)
+           ON CONFLICT (clip_id, annotation_uid, query_idx, version) DO NOTHING""",
         rows,
     )
-    rows_ = cur.all(
-        "SELECT c.clip_uid, q.annotation_uid, q.query_idx, q.id FROM queries q JOIN clips c ON c.id = q.clip_id"
+    wanted = {(r["clip_id"], r["annotation_uid"], r["query_idx"], r["version"]) for r in rows}
+    found = cur.all(
+        """SELECT q.clip_id, q.annotation_uid, q.query_idx, q.version, q.id, c.clip_uid
+             FROM queries q JOIN clips c ON c.id = q.clip_id"""
     )
-    return {(c, a, i): qid for c, a, i, qid in rows_}
+    return {(uid, a, i): qid for c, a, i, v, qid, uid in found if (c, a, i, v) in wanted}
 
 
 def find_run(cur: Cursor, name: str) -> StoredRun | None:
@@ -106,6 +120,7 @@ def write_items(
     A turn not planned yet (it follows a zoom that has not ended) is None in a chain: it has
     no row yet, and the item is graded by the zoom's job until it has one.
     """
+    _follow_versions(cur, run_id, [q for q, _ in chains])
     before = _chains(cur, run_id)
     chains = [(q, ids) for q, ids in chains]
     changed = [(q, ids) for q, ids in chains if q in before and before[q] != _present(ids)]
@@ -127,6 +142,31 @@ def write_items(
     ]
     cur.executemany(JOB_UPSERT, rows)
     return len(changed)
+
+
+_ITEM_QUERIES = """
+SELECT ri.id, ri.query_id, q.clip_id, q.annotation_uid, q.query_idx FROM run_items ri
+  JOIN queries q ON q.id = ri.query_id WHERE ri.run_id = :r
+"""
+
+
+def _follow_versions(cur: Cursor, run_id: int, query_ids: list[int]) -> None:
+    """A run enqueued again from a file whose query changed (its text, its answer window) shows
+    the new version: its item moves to it, and the scores and clusters of the old one go."""
+    items = {(c, a, i): (item, q) for item, q, c, a, i in cur.all(_ITEM_QUERIES, {"r": run_id})}
+    moves = []
+    for chunk in chunks(query_ids):
+        frag, params = in_list("q", chunk)
+        sql = f"SELECT id, clip_id, annotation_uid, query_idx FROM queries WHERE id IN {frag}"
+        for qid, c, a, i in cur.all(sql, params):
+            item, old = items.get((c, a, i), (None, qid))
+            if old != qid:
+                moves.append({"item": item, "new": qid, "old": old, "r": run_id})
+    cur.executemany("UPDATE run_items SET query_id = :new WHERE id = :item", moves)
+    cur.executemany("DELETE FROM query_clusters WHERE run_id = :r AND query_id = :old", moves)
+    for chunk in chunks([m["item"] for m in moves]):
+        frag, params = in_list("i", chunk)
+        cur.execute(CLEAR_SCORES.format(ids=frag), params)
 
 
 def _present(ids: list[int | None]) -> dict[int, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from egoqa.store.db import Database
+from egoqa.store.db import Database, chunks, in_list
 
 _JOBS = """
 SELECT c.clip_uid, q.annotation_uid, q.query_idx, ij.turn_index, ij.turn_name, j.id, j.key,
@@ -52,3 +52,29 @@ def run_clips(db: Database, run: str) -> list[dict]:
         {"clip_uid": u, "video_path": p, "offset_sec": float(o), "duration_sec": float(d)}
         for u, p, o, d in rows
     ]
+
+
+# A zoom level's levels above it: its parents of the same turn, up to depth 0.
+_LEVELS_UP = """
+WITH RECURSIVE up(start, id) AS (
+  SELECT id, id FROM jobs WHERE id IN {ids}
+  UNION ALL
+  SELECT up.start, d.parent_id FROM up
+    JOIN job_deps d ON d.job_id = up.id
+    JOIN jobs p ON p.id = d.parent_id JOIN jobs c ON c.id = up.id
+   WHERE p.turn_name = c.turn_name
+)
+SELECT up.start, j.id, j.note FROM up JOIN jobs j ON j.id = up.id ORDER BY up.start, j.id
+"""
+
+
+def zoom_levels(db: Database, job_ids: list[int]) -> dict[int, list[dict | None]]:
+    """For each zoom level's job, the notes of its chain from depth 0 down to it (a level not
+    finished yet has None): each level's window, chosen window and, at the end, why it stopped."""
+    out: dict[int, list[dict | None]] = {}
+    with db.read() as cur:
+        for chunk in chunks(job_ids):
+            frag, params = in_list("j", chunk)
+            for start, _, note in cur.all(_LEVELS_UP.format(ids=frag), params):
+                out.setdefault(start, []).append(json.loads(note) if note else None)
+    return out

@@ -45,8 +45,16 @@ class Clip(Base):
 
 
 class Query(Base):
+    """One version of a query: a (clip, annotation_uid, query_idx) whose content (text, answer
+    window, template, split...) changed between annotation files has a row per content, and each
+    run's items point at the version they were enqueued with."""
+
     __tablename__ = "queries"
-    __table_args__ = (UniqueConstraint("clip_id", "annotation_uid", "query_idx"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "clip_id", "annotation_uid", "query_idx", "version", name="uq_queries_version"
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     clip_id: Mapped[int] = mapped_column(ForeignKey("clips.id"), index=True)
     annotation_uid: Mapped[str] = mapped_column(String(64))
@@ -57,6 +65,8 @@ class Query(Base):
     gt_start: Mapped[float | None] = mapped_column(Float)
     gt_end: Mapped[float | None] = mapped_column(Float)
     extra: Mapped[str] = mapped_column(Text, default="{}")
+    version: Mapped[str] = mapped_column(String(64))  # hash of the content above and the split
+    split: Mapped[str | None] = mapped_column(String(16))  # the clip's split in that file
 
 
 class Run(Base):

@@ -64,7 +64,12 @@ def engines(db: Database) -> Table:
                   SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS done,
                   SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed
              FROM jobs GROUP BY engine, model ORDER BY engine""",
-    ).map_column("spec", "dtype", lambda spec: json.loads(spec)["engine"].get("dtype"))
+    ).map_column("spec", "dtype", _dtype)
+
+
+def _dtype(spec: str) -> str | None:
+    """The engine's dtype; a prior's jobs have no engine block (nothing loads a model)."""
+    return (json.loads(spec).get("engine") or {}).get("dtype")
 
 
 def zoom_stops(db: Database) -> dict[str, int]:
@@ -115,15 +120,22 @@ def failed_job_ids(db: Database, run: str | None) -> list[int] | None:
     return [r[0] for r in t.rows]
 
 
+# SQLite's answer to a statement that would change the file (journal mode, VACUUM) inside the
+# read-only transaction `sql` runs in: a write refused, said as one.
+_WRITES_IN_TX = "from within a transaction"
+
+
 def read_only_sql(db: Database, statement: str, timeout_s: float | None = None) -> Table:
     """Run one statement on a read-only connection; the database itself refuses writes.
     Ctrl-C cancels it (exit 130), and so does `timeout_s` (see store.statement)."""
     from egoqa.store.statement import run_statement
 
+    if not statement.strip():
+        raise DatabaseError('no statement given: pass one SQL statement, e.g. "SELECT * FROM runs"')
     try:
         return Table(*run_statement(db, statement, timeout_s))
     except DatabaseError as exc:
-        if "read-only" in str(exc) or "readonly" in str(exc):
+        if "read-only" in str(exc) or "readonly" in str(exc) or _WRITES_IN_TX in str(exc):
             raise ReadOnlyViolation(
                 "egoqa sql is read-only: the statement tried to write; nothing was changed"
             ) from None

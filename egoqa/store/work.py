@@ -55,6 +55,22 @@ def _engine_row(cur, engine: str, pending: int) -> EngineRow:
     return EngineRow(engine, json.loads(spec)["engine"], config, pending)
 
 
+def pending_engines(db: Database) -> list[tuple[str, str, int]]:
+    """(engine id, model, pending jobs) of every engine with pending jobs, most first."""
+    with db.read() as cur:
+        return cur.all(
+            f"""SELECT engine, model, COUNT(*) FROM jobs WHERE state IN {PENDING}
+                 GROUP BY engine, model ORDER BY COUNT(*) DESC, engine"""
+        )
+
+
+def engines_starting(db: Database, prefix: str) -> list[str]:
+    """Engine ids that begin with `prefix` (an id cut short, as a narrow `status` shows it)."""
+    with db.read() as cur:
+        ids = [r[0] for r in cur.all("SELECT DISTINCT engine FROM jobs")]
+    return sorted(e for e in ids if e.startswith(prefix))
+
+
 def engines_of_model(db: Database, model: str) -> list[str]:
     with db.read() as cur:
         return [
