@@ -214,8 +214,15 @@ def summary(data: RunData) -> dict[str, Any]:
     }
     out |= metrics(data.rows) if truth else dict.fromkeys(METRICS)
     out["pred_length"] = pred_length(data.rows)
+    out["intervals"] = _intervals(data.rows, out) if truth else None
     out["best_of_n"] = metrics(data.rows, best=True) if truth and data.samples > 1 else None
     return out
+
+
+def _intervals(rows: Sequence[dict], values: dict) -> dict:
+    from egoqa.compare import intervals
+
+    return intervals(rows, values)
 
 
 def _label(value: str | None) -> str:
@@ -310,6 +317,7 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
             require_scorable(data)
         s = summary(data)
         keys = ("n", "done", "failed", "pending", *METRICS, "pred_length", "best_of_n")
+        keys += ("intervals",)
         out.append({"run": run, **{k: s[k] for k in keys}})
     return out
 
@@ -339,7 +347,16 @@ def build(
         "compare": compare(db, [run, *[r for r in compare_with if r != run]])
         if compare_with
         else [],
+        "paired": _paired(db, data, compare_with),
     }
+
+
+def _paired(db: Database, data: RunData, others: Sequence[str]) -> list[dict]:
+    """Each pair of the compared runs, over the queries both finished (`egoqa.compare`)."""
+    from egoqa.compare import paired_all
+
+    names = [r for r in dict.fromkeys(others) if r != data.run]
+    return paired_all([data, *(load_run(db, r) for r in names)]) if names else []
 
 
 def rescore(db: Database, run: str) -> int:
