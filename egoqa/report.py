@@ -348,7 +348,20 @@ def build(
         if compare_with
         else [],
         "paired": _paired(db, data, compare_with),
+        "published": _published(db, data),
     }
+
+
+def _published(db: Database, data: RunData) -> dict | None:
+    """The published results of the run's split (`egoqa.published`), or None."""
+    from egoqa import published
+
+    split, version = published.split_of(results.run_annotations(db, data.run))
+    found = published.matching(split, version) if data.ground_truth else []
+    if not found:
+        return None
+    shown = [p.to_dict() for p in found]
+    return {"label": published.LABEL, "split": split, "version": version, "results": shown}
 
 
 def _paired(db: Database, data: RunData, others: Sequence[str]) -> list[dict]:

@@ -105,6 +105,26 @@ def paired_tables(pairs: list[dict]) -> list[TableSpec]:
     ]
 
 
+_PUBLISHED = ("r1_03", "r1_05", "r5_03", "r5_05", "miou")
+
+
+def published_table(report: dict) -> TableSpec:
+    """The run (and the runs compared) beside published results of the same split."""
+    pub = report["published"]
+    runs = report["compare"] or [{"run": report["summary"]["run"], **report["summary"]}]
+    rows = [
+        (f"{r['run']} (here, n={r['n']})", *(_pct(r[m]) for m in _PUBLISHED), "this database")
+        for r in runs
+    ]
+    for p in pub["results"]:
+        values = p["values"]
+        shown = (f"{values[m]:g}" if m in values else "" for m in _PUBLISHED)
+        rows.append((p["method"], *shown, p["source"].split(",")[0].removeprefix("github.com/")))
+    where = " ".join(x for x in ("NLQ", pub["version"], pub["split"]) if x)
+    columns = ["method", *(METRIC_NAMES[m][1] for m in _PUBLISHED), "source"]
+    return TableSpec(f"{pub['label']} ({where}, %)", columns, rows, True)
+
+
 # Done, mean R@1 and Recall@5 are left to the summary and --json: beside them a template name
 # would get only a few characters of an 80-column terminal.
 # "len" (mean predicted length, % of the clip) sits beside coverage: what a coverage cost.
@@ -169,6 +189,8 @@ def tables(report: dict) -> list[TableSpec]:
         out += paired_tables(report["paired"])
     if report["compare"]:
         out.append(TableSpec("runs compared (%)", *_metric_table(report["compare"], "run"), True))
+    if report.get("published"):
+        out.append(published_table(report))
     if report["summary"].get("oracle"):
         out = [dataclasses.replace(t, title=t.title + ORACLE) for t in out]
     return out
