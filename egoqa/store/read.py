@@ -64,7 +64,12 @@ def engines(db: Database) -> Table:
                   SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS done,
                   SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed
              FROM jobs GROUP BY engine, model ORDER BY engine""",
-    ).map_column("spec", "dtype", lambda spec: json.loads(spec)["engine"].get("dtype"))
+    ).map_column("spec", "dtype", _dtype)
+
+
+def _dtype(spec: str) -> str | None:
+    """The engine's dtype of a job's spec; a prior baseline's job has no engine."""
+    return (json.loads(spec).get("engine") or {}).get("dtype")
 
 
 def zoom_stops(db: Database) -> dict[str, int]:
