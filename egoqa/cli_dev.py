@@ -117,12 +117,13 @@ def demo(
         recompute=False,
         as_json=False,
     )
+    _enqueue_baselines(data)
     work_many(None, "cpu", workers, (None, None), "auto", True, None, None)
     status(run="demo", as_json=False)
     _demo_summary()
     from egoqa.cli_report import demo_explorer
 
-    page = demo_explorer(directory)
+    page = demo_explorer(directory, BASELINES)
     typer.echo(
         f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo, and open "
         f"{page} in a browser",
@@ -130,11 +131,28 @@ def demo(
     )
 
 
-def _demo_summary() -> None:
-    from egoqa.report_tables import summary_rows
+# What the demo's run is compared with: the model-free baselines (computed at enqueue).
+BASELINES = ("prior:whole_clip", "prior:uniform_random")
 
-    cols, rows = summary_rows(open_database(readonly=True), "demo")
+
+def _enqueue_baselines(data) -> None:
+    from egoqa.cli_report import enqueue_prior
+
+    for prior in BASELINES:
+        enqueue_prior(
+            data.annotations, data.videos, prior, data.metadata, prior, [], None, False, None, False
+        )
+
+
+def _demo_summary() -> None:
+    from egoqa.report import build
+    from egoqa.report_tables import paired_tables, summary_rows
+
+    db = open_database(readonly=True)
+    cols, rows = summary_rows(db, "demo")
     emit_table("demo: first summary (random weights: scores are noise)", cols, rows)
+    for table in paired_tables(build(db, "demo", BASELINES)["paired"]):
+        emit_table(f"demo against the baselines — {table.title}", table.columns, table.rows)
 
 
 def register(app: typer.Typer, dev_app: typer.Typer) -> None:
