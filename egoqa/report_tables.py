@@ -112,17 +112,15 @@ def published_table(report: dict) -> TableSpec:
     """The run (and the runs compared) beside published results of the same split."""
     pub = report["published"]
     runs = report["compare"] or [{"run": report["summary"]["run"], **report["summary"]}]
-    rows = [
-        (f"{r['run']} (here, n={r['n']})", *(_pct(r[m]) for m in _PUBLISHED), "this database")
-        for r in runs
-    ]
+    rows = [(f"{r['run']} (here, n={r['n']})", *(_pct(r[m]) for m in _PUBLISHED)) for r in runs]
     for p in pub["results"]:
         values = p["values"]
         shown = (f"{values[m]:g}" if m in values else "" for m in _PUBLISHED)
-        rows.append((p["method"], *shown, p["source"].split(",")[0].removeprefix("github.com/")))
+        rows.append((p["method"], *shown))
     where = " ".join(x for x in ("NLQ", pub["version"], pub["split"]) if x)
-    columns = ["method", *(METRIC_NAMES[m][1] for m in _PUBLISHED), "source"]
-    return TableSpec(f"{pub['label']} ({where}, %)", columns, rows, True)
+    columns = ["method", *(METRIC_NAMES[m][1] for m in _PUBLISHED)]
+    title = f"{pub['label']} ({where}, %; sources in --json and egoqa/published/nlq.toml)"
+    return TableSpec(title, columns, rows, True)
 
 
 # Done, mean R@1 and Recall@5 are left to the summary and --json: beside them a template name
