@@ -138,6 +138,11 @@ def enqueue(
 
     `--config prior:whole_clip|uniform_random|length_prior` computes a prior-only baseline now.
     """
+    if config.startswith("proposals:") and fit is None:
+        from egoqa.cli_proposals import enqueue_proposals
+
+        enqueue_proposals(annotations, videos, config, metadata, run, limit, as_json)
+        return
     if config.startswith("prior:") or fit is not None:
         from egoqa.cli_report import enqueue_prior
 
@@ -298,12 +303,14 @@ def db_current(verbose: VerboseOpt = 0) -> None:
 
 
 from egoqa.cli_dev import register as _register_dev  # noqa: E402
+from egoqa.cli_proposals import register as _register_proposals  # noqa: E402
 from egoqa.cli_report import register as _register_report  # noqa: E402
 from egoqa.cli_work import register as _register_work  # noqa: E402
 
 _register_work(app)
 _register_dev(app, dev_app)
 _register_report(app)
+_register_proposals(app)
 
 
 def main() -> None:

@@ -51,11 +51,19 @@ def dev_synth_dataset(
             "--cuts", min=0, help="Hard cuts per clip, at random times (for the shots sampler)."
         ),
     ] = 0,
+    proposals: Annotated[
+        bool,
+        typer.Option(
+            "--proposals",
+            help="Also write proposals.json: 5 candidate windows per query (one near the answer),"
+            " for `egoqa proposals import`.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Write an Ego4D-format NLQ file and short mp4 clips with timestamps burned in."""
-    from egoqa.synth import write_synth_dataset
+    from egoqa.synth import write_synth_dataset, write_synth_proposals
 
     paths = write_synth_dataset(
         out,
@@ -73,6 +81,9 @@ def dev_synth_dataset(
     )
     if paths.test_annotations is not None:
         typer.echo(f"test split: {paths.test_annotations}")
+    if proposals:
+        written = write_synth_proposals(paths.annotations, out / "proposals.json", seed=seed)
+        typer.echo(f"proposals: {written}")
 
 
 def demo(
