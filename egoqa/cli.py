@@ -162,8 +162,18 @@ def enqueue(
     require_queries(dataset, annotations, videos)  # before a database (or a run) is made
     db = open_database(create=True)
     name = run or Path(config).stem
+    from egoqa.proposals import for_run
+
+    dataset, windows = for_run(db, dataset, style, cfg, str(annotations))
     report = enqueue_run(
-        db, dataset, cfg, style, name, annotations=str(annotations), recompute=recompute
+        db,
+        dataset,
+        cfg,
+        style,
+        name,
+        annotations=str(annotations),
+        recompute=recompute,
+        proposals=windows,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

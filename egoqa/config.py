@@ -142,9 +142,14 @@ class RunConfig(_Frozen):
     lease_seconds: Annotated[int, Field(ge=10)] = 900
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     priority: int = 0
+    # The proposal set a `media = "proposals"` turn shows (`egoqa proposals import`).
+    proposals: str | None = None
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # Without a proposal set the JSON (and so the hash) is what it was before the key existed.
+        unset = {"proposals"} if self.proposals is None else set()
+        data = self.model_dump(mode="json", exclude=unset)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

@@ -115,6 +115,26 @@ def restrict(dataset: Dataset, windows: Windows, name: str, annotations: str) ->
     return replace(dataset, queries=kept, skipped=[*dataset.skipped, *lost])
 
 
+def for_run(db: Database, dataset: Dataset, style, config, annotations: str):
+    """(the dataset, the proposals) of a run whose style shows proposals (`--set proposals=NAME`
+    names the set; queries without windows become skips); (the dataset, None) otherwise."""
+    shows = [t.name for t in style.turns if t.media == "proposals"]
+    if not shows:
+        if config.proposals is not None:
+            raise ConfigError(
+                f"--set proposals={config.proposals}: style {style.name!r} has no turn with "
+                'media = "proposals"; use --set style=rerank_proposals'
+            )
+        return dataset, None
+    if config.proposals is None:
+        raise ConfigError(
+            f"style {style.name!r} shows proposals (turn {shows[0]!r}): name the set with "
+            "--set proposals=NAME (imported by `egoqa proposals import FILE --name NAME`)"
+        )
+    windows = load(db, config.proposals)
+    return restrict(dataset, windows, config.proposals, annotations), windows
+
+
 def rerank(answer: list[Segment], proposals: list[list[float]]) -> list[Segment]:
     """The proposals reordered by the answer: each window of the answer (best first) names the
     proposal it overlaps most (tIoU at least MATCH_IOU); the proposals it never named follow in
