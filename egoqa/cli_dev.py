@@ -142,17 +142,25 @@ def demo(
     )
 
 
-# What the demo's run is compared with: the model-free baselines (computed at enqueue).
-BASELINES = ("prior:whole_clip", "prior:uniform_random")
+# What the demo's run is compared with: the model-free baselines and a synthetic grounding
+# model's proposals scored as they are (all computed at enqueue).
+PROPOSALS = "synth"
+BASELINES = ("prior:whole_clip", "prior:uniform_random", f"proposals:{PROPOSALS}")
 
 
 def _enqueue_baselines(data) -> None:
+    from egoqa.cli_proposals import enqueue_proposals
     from egoqa.cli_report import enqueue_prior
+    from egoqa.proposals import import_file
+    from egoqa.synth import write_synth_proposals
 
-    for prior in BASELINES:
+    for prior in BASELINES[:2]:
         enqueue_prior(
             data.annotations, data.videos, prior, data.metadata, prior, [], None, False, None, False
         )
+    made = write_synth_proposals(data.annotations, data.root / "proposals.json")
+    import_file(open_database(create=True), made, PROPOSALS)
+    enqueue_proposals(data.annotations, data.videos, BASELINES[2], data.metadata, None, None, False)
 
 
 def _demo_summary() -> None:
@@ -162,8 +170,9 @@ def _demo_summary() -> None:
     db = open_database(readonly=True)
     cols, rows = summary_rows(db, "demo")
     emit_table("demo: first summary (random weights: scores are noise)", cols, rows)
-    for table in paired_tables(build(db, "demo", BASELINES)["paired"]):
-        emit_table(f"demo against the baselines — {table.title}", table.columns, table.rows)
+    pairs = [p for p in build(db, "demo", BASELINES)["paired"] if p["a"] == "demo"]
+    for t in paired_tables(pairs):
+        emit_table(f"demo against the baselines — {t.title}", t.columns, t.rows, fit_first=True)
 
 
 def register(app: typer.Typer, dev_app: typer.Typer) -> None:

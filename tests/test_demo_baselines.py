@@ -27,7 +27,7 @@ def test_demo_compares_its_run_with_the_baselines_with_intervals(tmp_path):
     assert "value [95 % interval]" in out.stdout
     index = (tmp_path / "demo" / "explorer" / "data" / "index.js").read_text()
     data = json.loads(index[index.index("(") + 1 : index.rindex(")")])
-    assert data["compare"] == ["prior:whole_clip", "prior:uniform_random"]
+    assert data["compare"] == ["prior:whole_clip", "prior:uniform_random", "proposals:synth"]
     titles = [t[0] for t in data["tables"]]
     assert any(t.startswith("paired: A − B") for t in titles)
     assert any(t.startswith("as published: protocols differ") for t in titles)
