@@ -141,6 +141,11 @@ def enqueue(
     if config.startswith("proposals:") and fit is None:
         from egoqa.cli_proposals import enqueue_proposals
 
+        if set_ or recompute:
+            raise EgoqaError(
+                f"{config} scores an imported set as it is: it takes no --set or --recompute "
+                "(import the set again to change it)"
+            )
         enqueue_proposals(annotations, videos, config, metadata, run, limit, as_json)
         return
     if config.startswith("prior:") or fit is not None:

@@ -158,6 +158,8 @@ def test_a_proposals_style_needs_a_set_and_a_set_needs_such_a_style(synth, tmp_p
         check=False,
     )
     assert unknown.returncode == 1 and "no proposal set 'x'" in unknown.stderr
+    tuned = run(*enqueue_args(synth, "proposals:x", "--set", "seed=1"), check=False)
+    assert tuned.returncode == 1 and "takes no --set" in tuned.stderr
     stray = run(*enqueue_args(synth, "demo", "--set", "proposals=x"), check=False)
     assert stray.returncode == 1 and "has no turn with media" in stray.stderr
     assert "Traceback" not in missing.stderr + unknown.stderr + stray.stderr
