@@ -138,6 +138,16 @@ def enqueue(
 
     `--config prior:whole_clip|uniform_random|length_prior` computes a prior-only baseline now.
     """
+    if config.startswith("proposals:") and fit is None:
+        from egoqa.cli_proposals import enqueue_proposals
+
+        if set_ or recompute:
+            raise EgoqaError(
+                f"{config} scores an imported set as it is: it takes no --set or --recompute "
+                "(import the set again to change it)"
+            )
+        enqueue_proposals(annotations, videos, config, metadata, run, limit, as_json)
+        return
     if config.startswith("prior:") or fit is not None:
         from egoqa.cli_report import enqueue_prior
 
@@ -157,8 +167,18 @@ def enqueue(
     require_queries(dataset, annotations, videos)  # before a database (or a run) is made
     db = open_database(create=True)
     name = run or Path(config).stem
+    from egoqa.proposals import for_run
+
+    dataset, windows = for_run(db, dataset, style, cfg, str(annotations))
     report = enqueue_run(
-        db, dataset, cfg, style, name, annotations=str(annotations), recompute=recompute
+        db,
+        dataset,
+        cfg,
+        style,
+        name,
+        annotations=str(annotations),
+        recompute=recompute,
+        proposals=windows,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -298,12 +318,14 @@ def db_current(verbose: VerboseOpt = 0) -> None:
 
 
 from egoqa.cli_dev import register as _register_dev  # noqa: E402
+from egoqa.cli_proposals import register as _register_proposals  # noqa: E402
 from egoqa.cli_report import register as _register_report  # noqa: E402
 from egoqa.cli_work import register as _register_work  # noqa: E402
 
 _register_work(app)
 _register_dev(app, dev_app)
 _register_report(app)
+_register_proposals(app)
 
 
 def main() -> None:

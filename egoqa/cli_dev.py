@@ -51,11 +51,19 @@ def dev_synth_dataset(
             "--cuts", min=0, help="Hard cuts per clip, at random times (for the shots sampler)."
         ),
     ] = 0,
+    proposals: Annotated[
+        bool,
+        typer.Option(
+            "--proposals",
+            help="Also write proposals.json: 5 candidate windows per query (one near the answer),"
+            " for `egoqa proposals import`.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Write an Ego4D-format NLQ file and short mp4 clips with timestamps burned in."""
-    from egoqa.synth import write_synth_dataset
+    from egoqa.synth import write_synth_dataset, write_synth_proposals
 
     paths = write_synth_dataset(
         out,
@@ -73,6 +81,9 @@ def dev_synth_dataset(
     )
     if paths.test_annotations is not None:
         typer.echo(f"test split: {paths.test_annotations}")
+    if proposals:
+        written = write_synth_proposals(paths.annotations, out / "proposals.json", seed=seed)
+        typer.echo(f"proposals: {written}")
 
 
 def demo(
@@ -117,12 +128,13 @@ def demo(
         recompute=False,
         as_json=False,
     )
+    _enqueue_baselines(data)
     work_many(None, "cpu", workers, (None, None), "auto", True, None, None)
     status(run="demo", as_json=False)
     _demo_summary()
     from egoqa.cli_report import demo_explorer
 
-    page = demo_explorer(directory)
+    page = demo_explorer(directory, BASELINES)
     typer.echo(
         f"demo finished in {time.time() - t0:.0f}s; next: egoqa report --run demo, and open "
         f"{page} in a browser",
@@ -130,11 +142,37 @@ def demo(
     )
 
 
-def _demo_summary() -> None:
-    from egoqa.report_tables import summary_rows
+# What the demo's run is compared with: the model-free baselines and a synthetic grounding
+# model's proposals scored as they are (all computed at enqueue).
+PROPOSALS = "synth"
+BASELINES = ("prior:whole_clip", "prior:uniform_random", f"proposals:{PROPOSALS}")
 
-    cols, rows = summary_rows(open_database(readonly=True), "demo")
+
+def _enqueue_baselines(data) -> None:
+    from egoqa.cli_proposals import enqueue_proposals
+    from egoqa.cli_report import enqueue_prior
+    from egoqa.proposals import import_file
+    from egoqa.synth import write_synth_proposals
+
+    for prior in BASELINES[:2]:
+        enqueue_prior(
+            data.annotations, data.videos, prior, data.metadata, prior, [], None, False, None, False
+        )
+    made = write_synth_proposals(data.annotations, data.root / "proposals.json")
+    import_file(open_database(create=True), made, PROPOSALS)
+    enqueue_proposals(data.annotations, data.videos, BASELINES[2], data.metadata, None, None, False)
+
+
+def _demo_summary() -> None:
+    from egoqa.report import build
+    from egoqa.report_tables import paired_tables, summary_rows
+
+    db = open_database(readonly=True)
+    cols, rows = summary_rows(db, "demo")
     emit_table("demo: first summary (random weights: scores are noise)", cols, rows)
+    pairs = [p for p in build(db, "demo", BASELINES)["paired"] if p["a"] == "demo"]
+    for t in paired_tables(pairs):
+        emit_table(f"demo against the baselines — {t.title}", t.columns, t.rows, fit_first=True)
 
 
 def register(app: typer.Typer, dev_app: typer.Typer) -> None:

@@ -320,15 +320,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def demo_explorer(directory: Path) -> Path:
-    """The demo's last step: cluster the demo run's queries, write its explorer, print the path."""
+def demo_explorer(directory: Path, compare: tuple[str, ...] = ()) -> Path:
+    """The demo's last step: cluster the demo run's queries, write its explorer (beside the runs
+    in `compare`), print the path."""
     from egoqa.cli import open_database
     from egoqa.clusters import cluster_run
     from egoqa.explorer import write_explorer
 
     db = open_database()
     cluster_run(db, "demo")
-    page = write_explorer(db, "demo", directory / "explorer").absolute()
+    page = write_explorer(db, "demo", directory / "explorer", compare).absolute()
     typer.echo(f"explorer: {page}")
     return page
 

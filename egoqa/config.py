@@ -143,9 +143,13 @@ class RunConfig(_Frozen):
     lease_seconds: Annotated[int, Field(ge=10)] = 900
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     priority: int = 0
+    # The proposal set a `media = "proposals"` turn shows (`egoqa proposals import`).
+    proposals: str | None = None
 
     def canonical_json(self) -> str:
-        data = self.model_dump(mode="json")
+        # Without a proposal set the JSON (and so the hash) is what it was before the key existed.
+        unset = {"proposals"} if self.proposals is None else set()
+        data = self.model_dump(mode="json", exclude=unset)
         for turn in data["turns"].values():  # unset, a run's hash stays what it was before it
             if turn.get("zoom") is None:
                 turn.pop("zoom", None)

@@ -102,6 +102,7 @@ def media_spec(
     parent_keys: dict[str, str],
     query: Query | None = None,
     window: list[float] | None = None,
+    proposals: list[list[float]] | None = None,
 ) -> dict:
     if turn.media == "none" and not turn.placeholders() & set(TIMING_FIELDS):
         return {"kind": "none"}
@@ -117,6 +118,8 @@ def media_spec(
         spec["from"] = parent_keys[turn.segments_from]
     if turn.media == "ground_truth":
         spec["window"] = _ground_truth(turn, clip, query)
+    if turn.media == "proposals":
+        spec["windows"] = [[round(float(s), 3), round(float(e), 3)] for s, e in proposals or []]
     if turn.repeat_until is not None:  # a zoom starts from the whole clip
         spec["window"] = [0.0, round(clip.duration_sec, 3)]
     if turn.window_from is not None:  # the final window of an earlier turn's zoom
@@ -157,6 +160,7 @@ def turn_spec(
     query: Query | None,
     parent_keys: dict[str, str],
     window: list[float] | None = None,
+    proposals: list[list[float]] | None = None,
 ) -> dict:
     """Everything that decides this turn's output (and nothing else): the key is its hash."""
     gen = config.generation.model_dump()
@@ -169,7 +173,7 @@ def turn_spec(
         "template": turn.template,
         "query": query.text if turn.reads_query and query else None,
         "reads": {r: parent_keys[r] for r in turn.reads},
-        "media": media_spec(turn, config, clip, identity, parent_keys, query, window),
+        "media": media_spec(turn, config, clip, identity, parent_keys, query, window, proposals),
         "samples": turn.samples,
         "select": list(turn.select),
         **({"zoom": zoom_block(turn, query)} if turn.repeat_until is not None else {}),
@@ -185,8 +189,10 @@ class _Planner:
         clip_ids: dict[str, int],
         identities: dict[str, str],
         query_ids: dict[tuple, int],
+        proposals: dict[tuple, list] | None = None,
     ) -> None:
         self.config, self.style = config, style
+        self.proposals = proposals or {}
         self.clip_ids, self.identities, self.query_ids = clip_ids, identities, query_ids
         self.per_clip = style.per_clip()
         self.jobs: dict[str, queue.NewJob] = {}
@@ -205,7 +211,9 @@ class _Planner:
             if key is not None:
                 keys[turn.name] = key
                 continue
-            spec = turn_spec(turn, self.config, clip, self.identities[clip.clip_uid], q, keys)
+            windows = self.proposals.get((q.clip_uid, q.annotation_uid, q.query_idx))
+            identity = self.identities[clip.clip_uid]
+            spec = turn_spec(turn, self.config, clip, identity, q, keys, proposals=windows)
             key = keys[turn.name] = job_key(spec)
             if shared:
                 self.clip_keys[(clip.clip_uid, turn.name)] = key
@@ -406,6 +414,7 @@ def enqueue_run(
     *,
     annotations: str | None = None,
     recompute: bool = False,
+    proposals: dict[tuple, list] | None = None,
 ) -> PlanReport:
     """Plan and write a run; idempotent (re-enqueueing the same plan creates nothing).
 
@@ -425,7 +434,7 @@ def enqueue_run(
         query_ids = catalog.upsert_queries(
             cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
         )
-        planner = _Planner(config, style, clip_ids, identities, query_ids)
+        planner = _Planner(config, style, clip_ids, identities, query_ids, proposals)
         for q in dataset.queries:
             planner.plan_query(by_uid[q.clip_uid], q)
         result = queue.enqueue(cur, list(planner.jobs.values()))

@@ -22,10 +22,10 @@ from typing import Any
 from egoqa import tomlfiles
 from egoqa.errors import StyleError
 
-MEDIA = ("none", "frames", "segments", "ground_truth")
+MEDIA = ("none", "frames", "segments", "ground_truth", "proposals")
 SELECT_RULES = ("first", "longest", "consensus", "format:intervals", "format:verdicts")
 TIMING_FIELDS = ("timestamps", "intervals", "numbered_intervals", "num_frames")
-BUILTIN_FIELDS = ("query", *TIMING_FIELDS, "duration")
+BUILTIN_FIELDS = ("query", *TIMING_FIELDS, "duration", "proposals")
 ZOOM_CHOICES = ("model", "oracle")
 REPEAT_KEYS = {"window_sec": float, "max_depth": int}
 MAX_DEPTH = 32
@@ -109,7 +109,7 @@ class Style:
         """Which turns are shared by every query on a clip."""
         out: dict[str, bool] = {}
         for t in self.turns:
-            by_query = t.reads_query or t.media == "ground_truth"
+            by_query = t.reads_query or t.media in ("ground_truth", "proposals")
             out[t.name] = not by_query and all(out[p] for p in t.parents())
         return out
 
@@ -326,6 +326,8 @@ def _check_template(t: Turn, where: str) -> None:
     except ValueError as exc:
         raise StyleError(f"{where}: template has an unbalanced brace ({exc}): {_ESCAPE}") from None
     allowed = set(BUILTIN_FIELDS) - ({"query"} if not t.reads_query else set()) | set(t.reads)
+    if t.media != "proposals":  # the numbered windows exist only where the turn shows them
+        allowed -= {"proposals"}
     unknown = [(f, spec, conv) for f, spec, conv in parsed if f is not None and f not in allowed]
     for f, spec, conv in unknown:
         if not f.isidentifier():  # JSON or code in braces: {"start": 1}, {}, {0}
@@ -375,6 +377,7 @@ def render_template(
     duration: float,
     parents: dict[str, str],
     ranges: list[tuple[float, float]] | None = None,
+    proposals: str = "",
 ) -> str:
     """Fill a template. With `ranges` (a shots sampler: one keyframe per shot) each frame is
     named by its shot's range, in `{timestamps}` and as the `{intervals}` lines."""
@@ -394,6 +397,7 @@ def render_template(
         ),
         "duration": fmt_time(duration),
         "num_frames": str(count),
+        "proposals": proposals,
         **parents,
     }
     return template.format_map(values)

@@ -54,10 +54,24 @@ def media_timestamps(spec: dict, duration: float, parents: dict[str, str]) -> li
     sampler = sampler_from(media["sampler"])
     if media["kind"] in ("frames", "none") and "window" not in media:
         return sample_timestamps(sampler, duration)
+    if media["kind"] == "proposals":
+        return proposal_timestamps(sampler, media["windows"], duration)
     if media["kind"] in ("ground_truth", "frames"):  # the ground truth, or a zoom's window
         return segment_timestamps(sampler, [tuple(media["window"])], duration)
     segments = [(s.start, s.end) for s in parse_segments(parents.get(SEGMENTS), duration)]
     return segment_timestamps(sampler, segments, duration)
+
+
+def proposal_timestamps(sampler, windows: list, duration: float) -> list[float]:
+    """Frames of every proposed window, in time order: each window gets its share of a uniform
+    sampler's frames (at least two), or the dense sampler's rate inside it."""
+    from egoqa.frames import segment_timestamps
+
+    if sampler.kind == "uniform":
+        share = max(2, sampler.frames // max(1, len(windows)))
+        sampler = sampler.model_copy(update={"frames": share})
+    times = [t for s, e in windows for t in segment_timestamps(sampler, [(s, e)], duration)]
+    return sorted(times)
 
 
 def media_timing(
@@ -134,6 +148,14 @@ def _chosen_segments(parents: dict[str, str], duration: float) -> list[tuple[flo
     return sorted((a, b) for a, b in clipped if b > a)
 
 
+def _proposals_text(media: dict) -> str:
+    if media.get("kind") != "proposals":
+        return ""
+    from egoqa.proposals import numbered
+
+    return numbered(media["windows"])
+
+
 def _request(
     job: ClaimedJob,
     parents: dict[str, str],
@@ -155,6 +177,7 @@ def _request(
         duration=duration,
         parents=reads,
         ranges=timing.ranges,
+        proposals=_proposals_text(spec["media"]),
     )
     first_read = next(iter(reads.values()), "")
     context = {

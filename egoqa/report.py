@@ -214,8 +214,15 @@ def summary(data: RunData) -> dict[str, Any]:
     }
     out |= metrics(data.rows) if truth else dict.fromkeys(METRICS)
     out["pred_length"] = pred_length(data.rows)
+    out["intervals"] = _intervals(data.rows, out) if truth else None
     out["best_of_n"] = metrics(data.rows, best=True) if truth and data.samples > 1 else None
     return out
+
+
+def _intervals(rows: Sequence[dict], values: dict) -> dict:
+    from egoqa.compare import intervals
+
+    return intervals(rows, values)
 
 
 def _label(value: str | None) -> str:
@@ -310,6 +317,7 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
             require_scorable(data)
         s = summary(data)
         keys = ("n", "done", "failed", "pending", *METRICS, "pred_length", "best_of_n")
+        keys += ("intervals",)
         out.append({"run": run, **{k: s[k] for k in keys}, "oracle": data.oracle})
     return out
 
@@ -353,7 +361,29 @@ def build(
         "compare": compare(db, [run, *[r for r in compare_with if r != run]])
         if compare_with
         else [],
+        "paired": _paired(db, data, compare_with),
+        "published": _published(db, data),
     }
+
+
+def _published(db: Database, data: RunData) -> dict | None:
+    """The published results of the run's split (`egoqa.published`), or None."""
+    from egoqa import published
+
+    split, version = published.split_of(results.run_annotations(db, data.run))
+    found = published.matching(split, version) if data.ground_truth else []
+    if not found:
+        return None
+    shown = [p.to_dict() for p in found]
+    return {"label": published.LABEL, "split": split, "version": version, "results": shown}
+
+
+def _paired(db: Database, data: RunData, others: Sequence[str]) -> list[dict]:
+    """Each pair of the compared runs, over the queries both finished (`egoqa.compare`)."""
+    from egoqa.compare import paired_all
+
+    names = [r for r in dict.fromkeys(others) if r != data.run]
+    return paired_all([data, *(load_run(db, r) for r in names)]) if names else []
 
 
 def rescore(db: Database, run: str) -> int:

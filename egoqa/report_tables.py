@@ -44,7 +44,9 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
     if not s["ground_truth"]:
         rows.append(("ground truth", "none (a test split): no scores"))
         return ["metric", "value"], rows
-    rows += [(METRIC_NAMES[k][0] + " %", _pct(s[k])) for k in METRICS]
+    columns = ["metric", "value [95 % interval]"]
+    spans = s.get("intervals") or {}
+    rows += [(METRIC_NAMES[k][0] + " %", _with_interval(s[k], spans.get(k))) for k in METRICS]
     at = [r[0] for r in rows].index("coverage %") + 1  # what the coverage cost, beside it
     rows.insert(at, (METRIC_NAMES["pred_length"][0], _pct(s.get("pred_length"))))
     if s["best_of_n"]:
@@ -52,7 +54,73 @@ def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
         rows += [
             (f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS
         ]
-    return ["metric", "value"], rows
+    return columns, rows
+
+
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    """A rate in percent with its 95 % interval in brackets: `23.4 [21.1–25.8]`."""
+    if value is None or interval is None:
+        return _pct(value)
+    return f"{_pct(value)} [{_pct(interval[0])}–{_pct(interval[1])}]"
+
+
+def _signed(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _p_value(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}" if p < 0.01 else f"{p:.3f}"
+
+
+def paired_tables(pairs: list[dict]) -> list[TableSpec]:
+    """The paired differences of compared runs (A − B with intervals) and McNemar's test."""
+    from egoqa.compare import METHOD
+
+    diffs, tests = [], []
+    for p in pairs:
+        name = f"{p['a']} − {p['b']}"
+        for metric, m in p["metrics"].items():
+            low, high = m["interval"]
+            shown = (_pct(m["a"]), _pct(m["b"]), _signed(m["diff"]))
+            diffs.append(
+                (name, METRIC_NAMES[metric][1], *shown, f"[{_signed(low)}, {_signed(high)}]")
+            )
+        if p["mcnemar"]:
+            t = p["mcnemar"]
+            counts = (t["both"], t["only_a"], t["only_b"], t["neither"])
+            tests.append((name, p["n"], p["clips"], *counts, _p_value(t["p_value"])))
+    return [
+        TableSpec(
+            f"paired: A − B (%) over the queries both finished; {METHOD.split(';')[0]}",
+            ["A − B", "metric", "A", "B", "A − B", "95 % interval"],
+            diffs,
+            True,
+        ),
+        TableSpec(
+            "paired: R@1 IoU>0.3 hits, McNemar's exact test (only A / only B: right in one run)",
+            ["A − B", "n", "clips", "both", "only A", "only B", "neither", "p"],
+            tests,
+            True,
+        ),
+    ]
+
+
+_PUBLISHED = ("r1_03", "r1_05", "r5_03", "r5_05", "miou")
+
+
+def published_table(report: dict) -> TableSpec:
+    """The run (and the runs compared) beside published results of the same split."""
+    pub = report["published"]
+    runs = report["compare"] or [{"run": report["summary"]["run"], **report["summary"]}]
+    rows = [(f"{r['run']} (here, n={r['n']})", *(_pct(r[m]) for m in _PUBLISHED)) for r in runs]
+    for p in pub["results"]:
+        values = p["values"]
+        shown = (f"{values[m]:g}" if m in values else "" for m in _PUBLISHED)
+        rows.append((p["method"], *shown))
+    where = " ".join(x for x in ("NLQ", pub["version"], pub["split"]) if x)
+    columns = ["method", *(METRIC_NAMES[m][1] for m in _PUBLISHED)]
+    title = f"{pub['label']} ({where}, %; sources in --json and egoqa/published/nlq.toml)"
+    return TableSpec(title, columns, rows, True)
 
 
 # Done, mean R@1 and Recall@5 are left to the summary and --json: beside them a template name
@@ -115,11 +183,15 @@ def tables(report: dict) -> list[TableSpec]:
         out.append(
             TableSpec("failures", ["kind", "jobs", "turns", "queries lost", "example"], rows)
         )
+    if report.get("paired"):
+        out += paired_tables(report["paired"])
     if report["compare"]:
         from egoqa.report import oracle_label
 
         shown = [r | {"run": oracle_label(r)} for r in report["compare"]]
         out.append(TableSpec("runs compared (%)", *_metric_table(shown, "run"), True))
+    if report.get("published"):
+        out.append(published_table(report))
     if report["summary"].get("oracle"):
         out = [dataclasses.replace(t, title=t.title + ORACLE) for t in out]
     return out

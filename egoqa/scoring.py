@@ -15,6 +15,17 @@ from egoqa.store.db import Database
 from egoqa.store.scores import graded_rows, write_scores
 
 
+def _parser(spec: str | None, duration: float):
+    """How the graded job's answers become segments: parsed, and for a turn that judged a
+    grounding model's proposals, read as a reordering of those proposals."""
+    media = json.loads(spec or "{}").get("media") or {}
+    if media.get("kind") != "proposals":
+        return lambda text: parse_segments(text, duration)
+    from egoqa.proposals import rerank
+
+    return lambda text: rerank(parse_segments(text, duration), media["windows"])
+
+
 def _row(
     item_id: int,
     state: str,
@@ -22,19 +33,21 @@ def _row(
     responses: str | None,
     gt: tuple[float | None, float | None],
     duration: float,
+    spec: str | None = None,
 ) -> dict | None:
     if state not in ("done", "failed"):
         return None
+    parse = _parser(spec, duration)
     if gt[0] is None or gt[1] is None:
-        segs = parse_segments(response, duration) if state == "done" else []
+        segs = parse(response) if state == "done" else []
         return _segments_only(item_id, segs)
     if state == "failed":
         segs, first, best = [], failed_scores(), failed_scores()
     else:
-        segs = parse_segments(response, duration)
+        segs = parse(response)
         first = score(segs, gt[0], gt[1])
         samples = json.loads(responses or "[]") or [response]
-        best = best_of_n([score(parse_segments(t, duration), gt[0], gt[1]) for t in samples])
+        best = best_of_n([score(parse(t), gt[0], gt[1]) for t in samples])
     return _params(item_id, segs, first, best)
 
 
@@ -93,7 +106,9 @@ def score_items(
         return 0
     rows = graded_rows(db, job_ids=job_ids, run=run, only_unscored=only_unscored)
     updates = [
-        p | {"job": r[7]} for r in rows if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6]))
+        p | {"job": r[8]}
+        for r in rows
+        if (p := _row(r[0], r[1], r[2], r[3], (r[4], r[5]), r[6], r[7]))
     ]
     write_scores(db, updates)
     return len(updates)

@@ -527,3 +527,28 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def write_synth_proposals(annotations: Path, out: Path, seed: int = 0, leave_out: int = 1) -> Path:
+    """A grounding model's prediction file for a synthetic annotation file: five windows per
+    query (NLQ prediction format), one of them near the answer (tIoU about 0.6-0.9) at a random
+    rank, the others random. The first `leave_out` queries get none (a query without proposals
+    is skipped by a run that reads them)."""
+    from egoqa.dataset import load_answer_windows
+
+    data = load_answer_windows(annotations)
+    rng = random.Random(seed)
+    results = []
+    for q in data.queries[leave_out:]:
+        duration = data.clips[q.clip_uid].duration_sec
+        length = q.gt_end - q.gt_start
+        shift = rng.uniform(0.05, 0.2) * max(length, 1.0)
+        near = [max(0.0, q.gt_start - shift), min(duration, q.gt_end + shift)]
+        windows = [sorted(rng.uniform(0.0, duration) for _ in range(2)) for _ in range(4)]
+        windows.insert(rng.randrange(5), near)
+        times = [[round(s, 2), round(e, 2)] for s, e in windows]
+        ids = {"clip_uid": q.clip_uid, "annotation_uid": q.annotation_uid}
+        results.append(ids | {"query_idx": q.query_idx, "predicted_times": times})
+    doc = {"version": "1.0", "challenge": "ego4d_nlq_challenge", "results": results}
+    _write_json(Path(out), doc)
+    return Path(out)

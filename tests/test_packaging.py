@@ -43,6 +43,7 @@ def test_the_wheel_ships_the_alembic_environment_migrations_presets_styles_and_e
     assert {"egoqa/_alembic/env.py", "egoqa/_alembic/script.py.mako"} <= names
     assert {f"egoqa/_migrations/{m}" for m in migrations} <= names
     assert {"egoqa/presets/demo.toml", "egoqa/styles/stage_analysis.toml"} <= names
+    assert {"egoqa/styles/rerank_proposals.toml", "egoqa/published/nlq.toml"} <= names
     assets = {f"egoqa/explorer_assets/{p.name}" for p in (ROOT / "egoqa/explorer_assets").iterdir()}
     assert {"egoqa/explorer_assets/index.html", "egoqa/explorer_assets/explorer.js"} <= assets
     assert assets <= names  # the explorer's page, script and style: nothing fetched at view time

@@ -22,6 +22,12 @@
   function $(id) { return document.getElementById(id); }
   function secs(t) { return (Math.round(t * 10) / 10).toFixed(1) + " s"; }
   function pct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%"; }
+  /* a rate with its 95 % interval, where the report gives one: "7.7% [1.4–33.3]" */
+  function rate(s, key) {
+    var span = s.intervals && s.intervals[key];
+    if (!span) return pct(s[key]);
+    return pct(s[key]) + " [" + (100 * span[0]).toFixed(1) + "–" + (100 * span[1]).toFixed(1) + "]";
+  }
   function iou(v) { return v === null || v === undefined ? "–" : v.toFixed(2); }
 
   /* --- summary ----------------------------------------------------------------------------- */
@@ -29,9 +35,9 @@
   function renderSummary() {
     var s = D.summary;
     $("generated").textContent = s.n + " queries: " + s.done + " done, " + s.failed +
-      " failed, " + s.pending + " pending · coverage " + pct(s.coverage) +
+      " failed, " + s.pending + " pending · coverage " + rate(s, "coverage") +
       " · mean predicted length " + pct(s.pred_length) + " of the clip · R@1 IoU>0.3 " +
-      pct(s.r1_03) + " · written " + D.generated + " by egoqa " + D.version;
+      rate(s, "r1_03") + " (95 % intervals) · written " + D.generated + " by egoqa " + D.version;
     if (D.oracle && D.oracle.length) $("title").after(el("p", "oracle-note", oracleText()));
     if (s.pending) {
       var note = $("pending-note");

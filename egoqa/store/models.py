@@ -290,3 +290,26 @@ class QueryCluster(Base):
     cluster: Mapped[int] = mapped_column(Integer)
     label: Mapped[str] = mapped_column(Text)
     computed_at: Mapped[float] = mapped_column(Float)
+
+
+class ProposalSet(Base):
+    """Candidate windows imported from a grounding model's prediction file, by name."""
+
+    __tablename__ = "proposal_sets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[float] = mapped_column(Float)
+
+
+class Proposal(Base):
+    """One query's ranked candidate windows in a proposal set (JSON [[start, end], ...])."""
+
+    __tablename__ = "proposals"
+    __table_args__ = (UniqueConstraint("set_id", "clip_uid", "annotation_uid", "query_idx"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("proposal_sets.id"))
+    clip_uid: Mapped[str] = mapped_column(String(64))
+    annotation_uid: Mapped[str] = mapped_column(String(64))
+    query_idx: Mapped[int] = mapped_column(Integer)
+    windows: Mapped[str] = mapped_column(Text)

@@ -71,3 +71,9 @@ SELECT c.video_uid, c.clip_uid, q.annotation_uid, q.query_idx, q.text, q.extra, 
 def graded_answers(db: Database, run: str) -> list[dict]:
     """Each item's query, ground truth and graded job's answers, by video then clip."""
     return records(db, _GRADED_ANSWERS, {"run": run})
+
+
+def run_annotations(db: Database, run: str) -> str | None:
+    """The annotation file the run was last enqueued from, as it was given (or None)."""
+    rows = records(db, "SELECT annotations FROM runs WHERE name = :run", {"run": run})
+    return rows[0]["annotations"] if rows else None

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from egoqa.store.db import Database, chunks, in_list
 
 SELECT = """
-SELECT ri.id, j.state, j.response, j.responses, q.gt_start, q.gt_end, c.duration_sec,
+SELECT ri.id, j.state, j.response, j.responses, q.gt_start, q.gt_end, c.duration_sec, j.spec,
        ri.graded_job_id
   FROM run_items ri JOIN jobs j ON j.id = ri.graded_job_id
   JOIN queries q ON q.id = ri.query_id JOIN clips c ON c.id = q.clip_id
@@ -30,8 +30,8 @@ def graded_rows(
     run: str | None = None,
     only_unscored: bool = False,
 ) -> list[tuple]:
-    """(item id, state, response, responses, gt start, gt end, clip duration, graded job id) of
-    run items: those graded by these jobs, of a run, or all."""
+    """(item id, state, response, responses, gt start, gt end, clip duration, job spec, graded
+    job id) of run items: those graded by these jobs, of a run, or all."""
     where, params = ["1 = 1"], {}
     ungraded = ungraded_runs(db)
     if ungraded:  # an answer-only run's items show answers and are never scored
