@@ -216,7 +216,9 @@ def enqueue_baseline(db: Database, dataset: Dataset, name: str, run: str, annota
     with db.write() as cur:
         run_id = jobs.ensure_run(cur, run, base, annotations)
         clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
-        query_ids = catalog.upsert_queries(cur, _query_rows(dataset.queries, clip_ids))
+        query_ids = catalog.upsert_queries(
+            cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
+        )
         new, job_ids = jobs.insert_done_jobs(cur, preds, clip_ids, query_ids, base.model)
         items = [query_ids[_ids(p.query)] for p in preds]
         jobs.write_items(cur, run_id, items, job_ids, TURN)
