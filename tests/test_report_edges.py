@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 from test_bad_input import error_line
+from test_explorer import browser  # noqa: F401 -- fixture
 
 from egoqa.synth import SynthPaths, write_synth_dataset
 
@@ -160,3 +161,21 @@ def test_the_explorer_and_results_json_show_every_zoom_level_and_the_final_windo
         notes = by_query[(clip_uid, item["x"])]["zoom_levels"]
         assert [n["window"] for n in notes] == [lvl["w"] for lvl in item["zl"]]
         assert notes[-1]["final"] is True
+
+
+@pytest.mark.slow
+def test_oracle_labels_and_the_zoom_chain_show_in_chromium(zoomed, browser):  # noqa: F811
+    from test_explorer import _open
+
+    problems: list[str] = []
+    page = _open(browser, zoomed.explorer("m", "--compare", "o"), problems)
+    assert "Oracle zoom in o" in page.locator("header.top").inner_text()
+    cards = page.locator("article.card")
+    assert cards.count() == 2
+    for n in range(cards.count()):
+        card = cards.nth(n)
+        assert "Oracle zoom in o" in card.locator(".oracle-note").inner_text()
+        assert card.locator(".zoom-line").inner_text().startswith("zoom (")
+        assert card.locator(".tl.main .mark.zoomed").count() == 1
+        assert card.locator(".tl.compare .tl-label").inner_text() == "o (oracle)"
+    assert problems == []
