@@ -197,6 +197,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     """Jobs by run × turn × state, engines, and the leases workers hold now."""
     from egoqa.store import read as st
     from egoqa.store import workers as registry
+    from egoqa.store.usage import mixed_fingerprints
 
     db = open_database(readonly=True)
     table, engines = st.progress(db, run), st.engines(db)
@@ -207,6 +208,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     if as_json:
         doc = {"progress": table.records(), "jobs": st.job_states(db)}
         doc |= {"engines": engines.records(), "held": held, "zoom_stops": st.zoom_stops(db)}
+        doc["mixed_fingerprints"] = mixed_fingerprints(db)
         typer.echo(json.dumps(doc, indent=2))
         return
     emit_table("progress (distinct jobs; per-clip turns counted once)", table.columns, table.rows)
@@ -217,6 +219,13 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     if stops:
         title = "zoom stops by reason (each in the failures view)"
         emit_table(title, ["reason", "levels"], list(stops.items()))
+    for m in mixed_fingerprints(db):
+        typer.echo(
+            f"warning: engine {m['engine']} ({m['model']}): its results came from "
+            f"{m['fingerprints']} server fingerprints and {m['served_models']} served model "
+            "name(s): the server changed during the run (see system_fingerprint in the jobs table)",
+            err=True,
+        )
     states = st.job_states(db)
     typer.echo("all jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"))
 

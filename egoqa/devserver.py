@@ -64,7 +64,7 @@ class DevServer:
         self.answered = 0  # chat requests answered with a completion
         self._lock = threading.Lock()
         self._generate_lock = threading.Lock()
-        self._closing = threading.Event()
+        self._unhang = threading.Event()  # set when closing, or by `release_hangs`
         self.fingerprint = "egoqa-dev-" + hashlib.sha256(served_name.encode()).hexdigest()[:8]
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
@@ -87,8 +87,12 @@ class DevServer:
     def serve_forever(self) -> None:
         self.httpd.serve_forever()
 
+    def release_hangs(self) -> None:
+        """Hung requests end (their connections close without a reply)."""
+        self._unhang.set()
+
     def close(self) -> None:
-        self._closing.set()  # hung requests end
+        self._unhang.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -104,7 +108,7 @@ class DevServer:
         return bool(key) and header == f"Bearer {key}"
 
     def hang(self) -> None:
-        self._closing.wait()
+        self._unhang.wait()
 
     def complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(status, reply) for a chat-completions body."""

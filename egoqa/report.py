@@ -314,6 +314,12 @@ def compare(db: Database, runs: Iterable[str]) -> list[dict]:
     return out
 
 
+def run_cost(db: Database, run: str, config: dict) -> dict | None:
+    from egoqa.cost import run_cost as cost
+
+    return cost(db, run, config)
+
+
 def build(
     db: Database, run: str, compare_with: Sequence[str] = (), *, require_finished: bool = True
 ) -> dict[str, Any]:
@@ -339,6 +345,7 @@ def build(
         "compare": compare(db, [run, *[r for r in compare_with if r != run]])
         if compare_with
         else [],
+        "cost": run_cost(db, run, data.config),
     }
 
 
