@@ -5,7 +5,8 @@ It exists to try `backend = "openai"` without a GPU and to test it: a message's 
 one video at the rate `mm_processor_kwargs.fps` gives (as the in-process backend shows frames),
 so with greedy decoding and PNG frames it answers what the in-process backend answers. Requests
 are generated one at a time. Faults: a fixed latency, every Nth request answered 429 or 500, a
-hang, a dropped connection, a reply that is not JSON, an empty answer, a context limit.
+hang, a dropped connection, a reply that is not JSON, an empty answer, a context limit, a key
+refused from some point on.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Faults:
     garble_every: int = 0
     empty_every: int = 0
     max_model_len: int | None = None
+    refuse_key_after: int | None = None  # answer 401 once this many requests were answered
 
     def hits(self, every: int, n: int) -> bool:
         return every > 0 and n % every == 0
@@ -102,6 +104,9 @@ class DevServer:
             return self.count
 
     def authorised(self, header: str | None) -> bool:
+        limit = self.faults.refuse_key_after
+        if limit is not None and self.answered >= limit:
+            return False
         if self.api_key_env is None:
             return True
         key = os.environ.get(self.api_key_env, "")

@@ -168,6 +168,7 @@ def test_api_key_in_place_of_its_variable_is_refused_without_echoing_it(tmp_path
 # --- end to end through `egoqa dev serve` --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_greedy_png_answers_equal_the_in_process_backend(tmp_path, small, tiny_model, serve):
     server = serve()
     remote = InProcess(tmp_path / "remote.db", tmp_path)
@@ -323,3 +324,21 @@ def test_prices_give_the_cost_of_each_turn_and_of_the_run(tmp_path, small, tiny_
     assert cost["saved_by_cache"] == 0
     text = egoqa("report", "--run", "r").stdout
     assert "cost in $" in text
+
+
+def test_a_key_refused_mid_run_stops_the_worker_with_the_rest_ready(
+    tmp_path, small, tiny_model, serve
+):
+    """The server starts refusing the key after the first answer: that job stays done, the
+    worker stops with one line, the other job is ready with its attempt given back."""
+    server = serve(Faults(refuse_key_after=1))
+    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    extra = ["--set", 'openai.api_key_env="EGOQA_TEST_KEY"', "--set", "openai.concurrency=1"]
+    enqueue(egoqa, small, tiny_model, *openai_args(server.base_url, *extra), style="baseline")
+    p = egoqa("work", "--until-done", env={"EGOQA_TEST_KEY": SECRET}, check=False)
+    assert p.returncode == 3 and "refused the key in $EGOQA_TEST_KEY" in p.stderr
+    assert sorted((j["state"], j["attempts"]) for j in jobs(tmp_path / "egoqa.db")) == [
+        ("done", 1),
+        ("ready", 0),
+    ]
+    assert SECRET not in p.stderr + p.stdout
