@@ -1,8 +1,8 @@
 """The worker's loop for an engine behind a server: up to `concurrency` requests in flight.
 
-Jobs are claimed as slots free up (a claim takes as many as there are free slots, of one media
-spec, in clip order, so the requests of one clip go out together), prepared here, and handed to
-the backend's request threads. Each job is recorded the moment its last request answers — no
+Jobs are claimed in chunks as requests finish (of one media spec, in clip order, so the requests
+of one clip go out together), prepared here, and handed to the backend's request threads, up to
+twice `concurrency` ahead. Each job is recorded as soon as its last request answers — no
 waiting for the slowest of a batch. The heartbeat renews every claim still held; on a stop the
 backend abandons what is in flight and the worker releases it. Every write happens in this thread.
 """
@@ -36,6 +36,7 @@ class InFlight:
         self.jobs: dict[int, _Job] = {}  # job id → its requests' outcomes so far
         self.open: dict[str, set[int]] = {}  # claim token → job ids not yet recorded
         self.claims: dict[str, queue.Claim] = {}
+        self.idle = 0  # claims in a row that found nothing
 
     @property
     def requests(self) -> int:
@@ -48,25 +49,33 @@ class InFlight:
             self.backend.cancel()  # the worker releases what is still held
 
     def _loop(self) -> None:
-        w, idle, last_reap = self.w, 0, 0.0
+        w, last_reap = self.w, 0.0
+        # Up to twice `concurrency` jobs sent: the request threads take the next at once while
+        # this thread records, and claims come in chunks (one transaction for many jobs).
+        target = 2 * self.backend.concurrency
         while True:
             if time.monotonic() - last_reap > w.opts.reap_every_s:
                 w._reap()
                 last_reap = time.monotonic()
-            free = self.backend.concurrency - self.requests
-            claimed = free > 0 and not w._enough() and self._claim_and_send(free)
+            sent = self.requests
+            claimed = False
+            if sent <= self.backend.concurrency and not w._enough():
+                claimed = self._claim_and_send(target - sent)
             if self.requests:
-                idle = 0
-                self._take(timeout=0.05 if free > 0 and claimed else 0.5)
+                self._take(timeout=0.5)
                 continue
             if claimed:
                 continue
             if w._enough() or (w.opts.until_done and queue.pending(w.db, w.served.engine) == 0):
                 return
-            idle += 1
-            w._idle_since = w._idle_since or time.monotonic()
-            w._say_what_we_wait_for()
-            time.sleep(min(w.opts.idle_max_s, 0.05 * 2**idle))
+            self._idle()
+
+    def _idle(self) -> None:
+        w = self.w
+        self.idle += 1
+        w._idle_since = w._idle_since or time.monotonic()
+        w._say_what_we_wait_for()
+        time.sleep(min(w.opts.idle_max_s, 0.05 * 2**self.idle))
 
     def _claim_and_send(self, free: int) -> bool:
         """Claim up to `free` jobs, prepare them and send their requests; False when none."""
@@ -76,7 +85,7 @@ class InFlight:
             w.heartbeat.hold(claim)
         if not claim.jobs:
             return False
-        w._idle_since = None
+        w._idle_since, self.idle = None, 0
         w.stats.batches += 1
         batch = w.runner.prepare(claim)
         self.claims[claim.token] = claim
@@ -96,7 +105,9 @@ class InFlight:
         return True
 
     def _take(self, timeout: float) -> None:
-        """Record the next finished job(s): whatever has answered, without waiting for more."""
+        """Record every job whose requests have all answered (waiting up to `timeout` for the
+        first): what arrived together is written together, one transaction per claim."""
+        finished: dict[str, list[int]] = {}
         got = self.backend.next_outcome(timeout)
         while got is not None:
             (job_id, part), outcome = got
@@ -105,17 +116,25 @@ class InFlight:
             job = self.jobs[job_id]
             job.outcomes[part] = outcome
             if len(job.outcomes) == len(job.parts):
-                self._record(job_id, job)
+                finished.setdefault(job.claim.token, []).append(job_id)
             got = self.backend.next_outcome(0)
+        for job_ids in finished.values():
+            self._record(job_ids)
 
-    def _record(self, job_id: int, job: _Job) -> None:
+    def _record(self, job_ids: list[int]) -> None:
         w = self.w
-        outcomes = [(job.parts[i], job.outcomes[i]) for i in range(len(job.parts))]
+        claim = self.jobs[job_ids[0]].claim
+        outcomes = [
+            (job.parts[i], job.outcomes[i])
+            for job in (self.jobs[j] for j in job_ids)
+            for i in range(len(job.parts))
+        ]
         t0 = time.perf_counter()
         with w.signals.critical():
-            w.runner.recorder.record(job.claim, outcomes)
-            del self.jobs[job_id]
-            self._closed(job.claim, job_id)
+            w.runner.recorder.record(claim, outcomes)
+            for job_id in job_ids:
+                del self.jobs[job_id]
+                self._closed(claim, job_id)
         w.stats.record_s += time.perf_counter() - t0
 
     def _closed(self, claim: queue.Claim, job_id: int) -> None:

@@ -24,6 +24,7 @@ import random
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,17 +57,48 @@ def frame_url(frame: Any, image_format: str) -> str:
     return f"data:image/{image_format};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
+class FrameURLs:
+    """Data URLs of the frame sets seen last: a clip's queries share one set of frames, which
+    is then encoded once (safe from every request thread)."""
+
+    def __init__(self, items: int = 16) -> None:
+        self.items = items
+        self._cache: OrderedDict[int, tuple[Any, list[str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def urls(self, frames: Any, image_format: str) -> list[str]:
+        key = id(frames.array)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] is frames.array:
+                self._cache.move_to_end(key)
+                return hit[1]
+        urls = [frame_url(f, image_format) for f in frames.array]
+        with self._lock:
+            self._cache[key] = (frames.array, urls)  # the array is kept: its id stays its own
+            while len(self._cache) > self.items:
+                self._cache.popitem(last=False)
+        return urls
+
+
 def chat_body(
-    request: Request, model: str, config: OpenAIConfig, n: int, first_sample: int = 0
+    request: Request,
+    model: str,
+    config: OpenAIConfig,
+    n: int,
+    first_sample: int = 0,
+    cache: FrameURLs | None = None,
 ) -> dict[str, Any]:
     """The chat-completions body for `n` samples of a request, starting at `first_sample`."""
     content: list[dict[str, Any]] = []
     frames = request.frames
     if frames is not None:  # frames first: requests of one clip share this prefix
         fmt = config.image_format
-        content += [
-            {"type": "image_url", "image_url": {"url": frame_url(f, fmt)}} for f in frames.array
-        ]
+        if cache is not None:
+            urls = cache.urls(frames, fmt)
+        else:
+            urls = [frame_url(f, fmt) for f in frames.array]
+        content += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
     content.append({"type": "text", "text": request.prompt})
     messages: list[dict[str, Any]] = []
     if request.system is not None:
@@ -275,6 +307,7 @@ class OpenAIBackend:
         self._connections: list[Connection] = []
         self._cancelled = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._frame_urls = FrameURLs()
         self.in_flight = 0  # submitted, outcome not yet taken
 
     # -- the key --
@@ -390,7 +423,8 @@ class OpenAIBackend:
         got = 0
         while got < wanted:
             n = wanted if got == 0 else 1
-            result = self._call(conn, chat_body(request, self.model, self.config, n, got))
+            body = chat_body(request, self.model, self.config, n, got, self._frame_urls)
+            result = self._call(conn, body)
             keep = wanted - got  # a server may return more than asked for
             result.texts, result.finish_reasons = result.texts[:keep], result.finish_reasons[:keep]
             result.completion_tokens = result.completion_tokens[:keep]
