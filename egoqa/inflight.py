@@ -2,7 +2,7 @@
 
 Jobs are claimed in chunks as requests finish (of one media spec, in clip order, so the requests
 of one clip go out together), prepared here, and handed to the backend's request threads, up to
-twice `concurrency` ahead. Each job is recorded as soon as its last request answers — no
+three times `concurrency` ahead. Each job is recorded as soon as its last request answers — no
 waiting for the slowest of a batch. The heartbeat renews every claim still held; on a stop the
 backend abandons what is in flight and the worker releases it. Every write happens in this thread.
 """
@@ -50,16 +50,17 @@ class InFlight:
 
     def _loop(self) -> None:
         w, last_reap = self.w, 0.0
-        # Up to twice `concurrency` jobs sent: the request threads take the next at once while
-        # this thread records, and claims come in chunks (one transaction for many jobs).
-        target = 2 * self.backend.concurrency
+        # Up to three times `concurrency` jobs sent: the request threads find the next one
+        # waiting while this thread records or prepares a claim (decoding a new clip's frames),
+        # and claims come in chunks of at least half `concurrency` (one transaction for many).
+        target, chunk = 3 * self.backend.concurrency, max(1, self.backend.concurrency // 2)
         while True:
             if time.monotonic() - last_reap > w.opts.reap_every_s:
                 w._reap()
                 last_reap = time.monotonic()
             sent = self.requests
             claimed = False
-            if sent <= self.backend.concurrency and not w._enough():
+            if target - sent >= chunk and not w._enough():
                 claimed = self._claim_and_send(target - sent)
             if self.requests:
                 self._take(timeout=0.5)

@@ -21,6 +21,7 @@ SCRIPTS = {
     "seeded_sampling.py": "### Logits step at vocabulary 152,064",
     "explorer_scale.py": "### Explorer size and load time",
     "gpu_throughput.py": "### Throughput: the original's loop vs egoqa",
+    "openai_backend.py": "### Tiny model: through the dev server vs in process",
 }
 
 
