@@ -343,3 +343,37 @@ def test_a_key_refused_mid_run_stops_the_worker_with_the_rest_ready(
         ("ready", 0),
     ]
     assert SECRET not in p.stderr + p.stdout
+
+
+def test_status_warns_when_one_engines_results_came_from_two_server_fingerprints(
+    tmp_path, small, tiny_model, serve
+):
+    server = serve()
+    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    enqueue(
+        egoqa, small, tiny_model, *openai_args(server.base_url), "--limit", "1", style="baseline"
+    )
+    egoqa("work", "--until-done")
+    assert "fingerprints" not in egoqa("status").stderr
+    server.fingerprint = "egoqa-dev-reconfigured"  # the server restarted with other settings
+    args = ["--run", "r2", *openai_args(server.base_url)]
+    enqueue(egoqa, small, tiny_model, *args, style="baseline")
+    egoqa("work", "--until-done")
+    rows = jobs(tmp_path / "egoqa.db")
+    assert len({j["engine"] for j in rows}) == 1 and len(rows) == 2
+    warning = egoqa("status").stderr
+    assert "warning: engine" in warning and "2 server fingerprints" in warning
+    assert len(egoqa.json("status")["mixed_fingerprints"]) == 1
+
+
+def test_jobs_waiting_behind_slow_requests_keep_their_lease(tmp_path, small, tiny_model, serve):
+    """One request at a time, 3.5 s each, a 2 s lease: the second job waits longer than its
+    lease; the heartbeat renews it, so nothing is reaped and each job runs once."""
+    server = serve(Faults(latency_s=3.5))
+    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    extra = openai_args(server.base_url, "--set", "openai.concurrency=1")
+    enqueue(egoqa, small, tiny_model, *extra, style="baseline")
+    egoqa("work", "--until-done", "--lease", "2")
+    rows = jobs(tmp_path / "egoqa.db")
+    assert [(j["state"], j["attempts"], j["results"]) for j in rows] == [("done", 1, 1)] * 2
+    assert server.count == 2
