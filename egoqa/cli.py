@@ -43,7 +43,7 @@ db_app = typer.Typer(
 )
 dev_app = typer.Typer(
     cls=PlainFlagsGroup,
-    help="Build the offline inputs: a tiny Qwen2.5-VL and a synthetic dataset.",
+    help="Offline inputs (a tiny Qwen2.5-VL, a synthetic dataset) and a local OpenAI-compatible server.",
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
