@@ -43,7 +43,7 @@ db_app = typer.Typer(
 )
 dev_app = typer.Typer(
     cls=PlainFlagsGroup,
-    help="Build the offline inputs: a tiny Qwen2.5-VL and a synthetic dataset.",
+    help="Offline inputs (a tiny Qwen2.5-VL, a synthetic dataset) and a local OpenAI-compatible server.",
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
@@ -217,6 +217,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     """Jobs by run × turn × state, engines, and the leases workers hold now."""
     from egoqa.store import read as st
     from egoqa.store import workers as registry
+    from egoqa.store.usage import mixed_fingerprints
 
     db = open_database(readonly=True)
     table, engines = st.progress(db, run), st.engines(db)
@@ -227,6 +228,7 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     if as_json:
         doc = {"progress": table.records(), "jobs": st.job_states(db)}
         doc |= {"engines": engines.records(), "held": held, "zoom_stops": st.zoom_stops(db)}
+        doc["mixed_fingerprints"] = mixed_fingerprints(db)
         typer.echo(json.dumps(doc, indent=2))
         return
     emit_table("progress (distinct jobs; per-clip turns counted once)", table.columns, table.rows)
@@ -237,6 +239,13 @@ def status(run: RunOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = 0
     if stops:
         title = "zoom stops by reason (each in the failures view)"
         emit_table(title, ["reason", "levels"], list(stops.items()))
+    for m in mixed_fingerprints(db):
+        typer.echo(
+            f"warning: engine {m['engine']} ({m['model']}): its results came from "
+            f"{m['fingerprints']} server fingerprints and {m['served_models']} served model "
+            "name(s): the server changed during the run (see system_fingerprint in the jobs table)",
+            err=True,
+        )
     states = st.job_states(db)
     typer.echo("all jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"))
 

@@ -175,8 +175,86 @@ def _demo_summary() -> None:
         emit_table(f"demo against the baselines — {t.title}", t.columns, t.rows, fit_first=True)
 
 
+def dev_serve(
+    model_dir: Annotated[Path, typer.Argument(help="A local checkpoint (e.g. the tiny model).")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any).")] = 8000,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(help="The model name clients ask for (default: the directory's full path)."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    max_pixels: Annotated[int | None, typer.Option(help="Per-frame pixel limit.")] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Require the key held by this environment variable (default: none)."),
+    ] = None,
+    latency: Annotated[float, typer.Option(min=0, help="Seconds added to every request.")] = 0.0,
+    error_every: Annotated[int, typer.Option(min=0, help="Every Nth request fails.")] = 0,
+    error_status: Annotated[
+        int, typer.Option(help="The status it fails with (429, 500, ...).")
+    ] = 429,
+    retry_after: Annotated[
+        float | None, typer.Option(min=0, help="Retry-After seconds sent with those failures.")
+    ] = None,
+    hang_every: Annotated[int, typer.Option(min=0, help="Every Nth request never answers.")] = 0,
+    drop_every: Annotated[
+        int, typer.Option(min=0, help="Every Nth request's connection is dropped.")
+    ] = 0,
+    garble_every: Annotated[
+        int, typer.Option(min=0, help="Every Nth request gets a reply that is not JSON.")
+    ] = 0,
+    empty_every: Annotated[
+        int, typer.Option(min=0, help="Every Nth request gets an empty answer.")
+    ] = 0,
+    max_model_len: Annotated[
+        int | None, typer.Option(min=1, help="Refuse prompts longer than this many tokens.")
+    ] = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Serve a local model over an OpenAI-compatible API on 127.0.0.1 (for backend = "openai")."""
+    from egoqa.backends.base import load_backend
+    from egoqa.cli_work import quiet_hugging_face
+    from egoqa.devserver import DevServer, Faults
+
+    if STATE.verbose == 0:
+        quiet_hugging_face()
+    path = model_dir.expanduser().resolve()
+    backend = load_backend(
+        "transformers", model=str(path), dtype=dtype, device=device, max_pixels=max_pixels
+    )
+    faults = Faults(
+        latency_s=latency,
+        error_every=error_every,
+        error_status=error_status,
+        retry_after_s=retry_after,
+        hang_every=hang_every,
+        drop_every=drop_every,
+        garble_every=garble_every,
+        empty_every=empty_every,
+        max_model_len=max_model_len,
+    )
+    name = served_model_name or str(path)
+    try:
+        server = DevServer(backend, name, faults, api_key_env, port)
+    except OSError as exc:
+        from egoqa.errors import EgoqaError
+
+        raise EgoqaError(
+            f"cannot listen on 127.0.0.1:{port} ({exc}): choose another --port"
+        ) from None
+    typer.echo(f"serving {name} at {server.base_url} (Ctrl-C stops)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 def register(app: typer.Typer, dev_app: typer.Typer) -> None:
-    """Add `demo` to the egoqa app and `tiny-model`, `synth-dataset` to its `dev` group."""
+    """Add `demo` to the egoqa app and `tiny-model`, `synth-dataset`, `serve` to its `dev` group."""
+    dev_app.command("serve")(dev_serve)
     dev_app.command("tiny-model")(dev_tiny_model)
     dev_app.command("synth-dataset")(dev_synth_dataset)
     app.command()(demo)

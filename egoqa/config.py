@@ -15,7 +15,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from egoqa import tomlfiles
 from egoqa.errors import ConfigError
@@ -88,6 +95,63 @@ class BatchConfig(_Frozen):
     base_gb: Annotated[float, Field(ge=0)] = 0.5
 
 
+class PricePerMTok(_Frozen):
+    """What a hosted API charges, per million tokens (prompt and completion)."""
+
+    input: Annotated[float, Field(ge=0)] = 0.0
+    output: Annotated[float, Field(ge=0)] = 0.0
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class OpenAIConfig(_Frozen):
+    """An OpenAI-compatible server (`backend = "openai"`): where it is, how hard to press it.
+
+    `base_url`, `image_format` and `vllm_extensions` decide what the model is shown, so they are
+    part of the engine (and every job key); the rest is how a worker talks to the server.
+    `api_key_env` is the *name* of the environment variable holding the key, never the key.
+    """
+
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    retries: Annotated[int, Field(ge=0, le=30)] = 6
+    backoff_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    max_backoff_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    # top_k and the frames' rate (`mm_processor_kwargs.fps`), which vLLM and SGLang read and
+    # hosted APIs refuse: set false for those.
+    vllm_extensions: bool = True
+    price_per_mtok: PricePerMTok | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError(
+                "base_url must start with http:// or https://, e.g. http://127.0.0.1:8000/v1"
+            )
+        return None if value is None else value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # never echo the value: it may be the key itself, put here by mistake
+            raise ValueError(
+                "api_key_env takes the NAME of an environment variable (e.g. OPENAI_API_KEY) "
+                "that holds the key, never the key itself"
+            )
+        return value
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the answers (part of the engine)."""
+        keep = ("base_url", "image_format", "vllm_extensions")
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in keep}
+
+
 ENGINE_FIELDS = (
     "backend",
     "model",
@@ -133,7 +197,8 @@ class RunConfig(_Frozen):
     max_pixels: Annotated[int, Field(ge=3136, le=16384 * 28 * 28)] | None = None
     device_map: str | None = None
     trust_remote_code: bool = False
-    backend: Literal["transformers", "fake"] = "transformers"
+    backend: Literal["transformers", "fake", "openai"] = "transformers"
+    openai: OpenAIConfig = OpenAIConfig()
     style: str = "baseline"
     system_prompt: str | None = None
     sampler: SamplerConfig = SamplerConfig()
@@ -146,6 +211,15 @@ class RunConfig(_Frozen):
     # The proposal set a `media = "proposals"` turn shows (`egoqa proposals import`).
     proposals: str | None = None
 
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> RunConfig:
+        if self.backend == "openai" and self.openai.base_url is None:
+            raise ValueError(
+                "backend = 'openai' needs openai.base_url, e.g. "
+                "--set openai.base_url=http://127.0.0.1:8000/v1"
+            )
+        return self
+
     def canonical_json(self) -> str:
         # Without a proposal set the JSON (and so the hash) is what it was before the key existed.
         unset = {"proposals"} if self.proposals is None else set()
@@ -153,6 +227,8 @@ class RunConfig(_Frozen):
         for turn in data["turns"].values():  # unset, a run's hash stays what it was before it
             if turn.get("zoom") is None:
                 turn.pop("zoom", None)
+        if self.openai == OpenAIConfig():  # runs planned before the openai backend keep their hash
+            del data["openai"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
@@ -166,6 +242,8 @@ class RunConfig(_Frozen):
         data = self.model_dump(mode="json", include=set(ENGINE_FIELDS))
         if model is not None:
             data["model"] = model
+        if self.backend == "openai":
+            data |= self.openai.identity()
         return data
 
 
@@ -276,7 +354,8 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
         if err["type"] == "extra_forbidden":
             problems.append(f"unknown key {key!r} ({near_keys(key)})")
         else:
-            problems.append(f"{key}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {msg}" if key else msg)
     return ConfigError(f"{origin}: {'; '.join(problems)}")
 
 

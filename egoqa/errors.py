@@ -49,6 +49,23 @@ class VideoError(EgoqaError):
         self.kind = kind
 
 
+class UpstreamError(EgoqaError):
+    """A server answering for an engine (`backend = "openai"`) failed one request; `kind` says
+    how (upstream_unavailable, context_too_long, bad_response, bad_request) and `retryable`
+    whether the job may run again."""
+
+    def __init__(self, message: str, kind: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.kind, self.retryable = kind, retryable
+
+
+class UpstreamAuthError(EgoqaError):
+    """The server refused the API key (401/403): the worker stops and its jobs stay ready; set
+    the variable `api_key_env` names to a key the server accepts."""
+
+    exit_code = 3  # egoqa.supervisor.WORKER_CANNOT_START: a restarted worker would be refused too
+
+
 class ModelLoadError(EgoqaError):
     """A model id or path cannot be loaded."""
 

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field, replace
 
 from egoqa.backends.base import Request, Result
-from egoqa.errors import OutOfMemory
+from egoqa.errors import OutOfMemory, UpstreamError
 from egoqa.store import queue
 
 log = logging.getLogger("egoqa.worker")
@@ -84,6 +84,9 @@ class Recorder:
                 done.append((item, outcome))
             elif isinstance(outcome, OutOfMemory):
                 self.fail(claim, item.job.id, "oom", f"out of memory even alone: {outcome}")
+            elif isinstance(outcome, UpstreamError):
+                retry = outcome.retryable
+                self.fail(claim, item.job.id, outcome.kind, str(outcome), retryable=retry)
             else:
                 msg = f"{type(outcome).__name__}: {outcome}"
                 self.fail(claim, item.job.id, "backend_error", msg, retryable=True)
@@ -145,6 +148,8 @@ class Recorder:
             dtype=self.dtype,
             note=None if note is None else json.dumps(note),
             stop_reason=None if note is None or not note["final"] else note["reason"],
+            served_model=res.extra.get("served_model"),
+            system_fingerprint=(res.extra.get("system_fingerprint") or "")[:128] or None,
         )
 
     def fail(

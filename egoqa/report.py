@@ -336,6 +336,12 @@ def oracle_label(row: dict) -> str:
     return f"{row['run']} (oracle)" if row.get("oracle") else row["run"]
 
 
+def run_cost(db: Database, run: str, config: dict) -> dict | None:
+    from egoqa.cost import run_cost as cost
+
+    return cost(db, run, config)
+
+
 def build(
     db: Database, run: str, compare_with: Sequence[str] = (), *, require_finished: bool = True
 ) -> dict[str, Any]:
@@ -363,6 +369,7 @@ def build(
         else [],
         "paired": _paired(db, data, compare_with),
         "published": _published(db, data),
+        "cost": run_cost(db, run, data.config),
     }
 
 

@@ -192,9 +192,31 @@ def tables(report: dict) -> list[TableSpec]:
         out.append(TableSpec("runs compared (%)", *_metric_table(shown, "run"), True))
     if report.get("published"):
         out.append(published_table(report))
+    if report.get("cost"):
+        out.append(_cost_table(report["cost"]))
     if report["summary"].get("oracle"):
         out = [dataclasses.replace(t, title=t.title + ORACLE) for t in out]
     return out
+
+
+def _cost_table(cost: dict) -> TableSpec:
+    """Tokens and dollars per turn; the cache's share is what the run reused, not paid."""
+    p = cost["price_per_mtok"]
+    rows = [
+        (
+            t["turn"],
+            t["jobs"],
+            t["prompt_tokens"],
+            t["completion_tokens"],
+            f"{t['cost']:.4f}",
+            f"{t['saved']:.4f}",
+        )
+        for t in cost["by_turn"]
+    ]
+    rows.append(("all", "", "", "", f"{cost['total']:.4f}", f"{cost['saved_by_cache']:.4f}"))
+    title = f"cost in $ (at ${p['input']:g} / ${p['output']:g} per million tokens in / out)"
+    columns = ["turn", "jobs", "prompt tok", "completion tok", "cost", "saved by cache"]
+    return TableSpec(title, columns, rows)
 
 
 ORACLE = " [oracle zoom: the ground truth chose each window]"

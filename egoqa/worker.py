@@ -120,7 +120,8 @@ def _engine_by_prefix(db: Database, engine: str) -> str:
 def served_from(row: EngineRow) -> Served:
     engine = row.spec
     base = config_from_json(row.run_config) if row.run_config else RunConfig(model=engine["model"])
-    return Served(row.engine, engine, base.model_copy(update=engine))
+    fields = {k: v for k, v in engine.items() if k in RunConfig.model_fields}
+    return Served(row.engine, engine, base.model_copy(update=fields))
 
 
 def served_from_config(config: RunConfig, model: str | None = None) -> Served:
@@ -135,6 +136,14 @@ def load_backend_for(served: Served, device: str) -> Backend:
     engine = served.spec
     if engine.get("backend") == "fake":
         return load_backend("fake")
+    if engine.get("backend") == "openai":
+        openai = served.config.openai.model_copy(
+            update=served.config.openai.identity()
+            | {k: engine[k] for k in ("base_url", "image_format", "vllm_extensions") if k in engine}
+        )
+        backend = load_backend("openai", model=engine["model"], config=openai)
+        backend.check()
+        return backend
     return load_backend(
         "transformers",
         model=engine["model"],
@@ -167,9 +176,11 @@ class Worker:
         self.runner = BatchRunner(
             db, backend, decoder, self.sizer, recorder, self.stats, opts.decode_threads
         )
+        # A server engine keeps its requests in flight instead (`egoqa.inflight`).
+        self.streams = hasattr(backend, "submit")
         self.ahead = (
             ClaimAhead(self._claim, self.runner.prepare, self.heartbeat)
-            if opts.claim_ahead
+            if opts.claim_ahead and not self.streams
             else None
         )
         self._last_wait_note = float("-inf")
@@ -185,7 +196,12 @@ class Worker:
         self.signals.install()
         self.heartbeat.start()
         try:
-            self._loop()
+            if self.streams:
+                from egoqa.inflight import InFlight
+
+                InFlight(self).run()
+            else:
+                self._loop()
         except StopRequested as stop:
             log.info("worker %s: stop requested (%s)", self.id, stop)
         finally:

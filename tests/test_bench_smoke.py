@@ -22,6 +22,7 @@ SCRIPTS = {
     "explorer_scale.py": "### Explorer size and load time",
     "gpu_throughput.py": "### Throughput: the original's loop vs egoqa",
     "paired_bootstrap.py": "### Intervals and paired tests, seconds",
+    "openai_backend.py": "### Tiny model: through the dev server vs in process",
 }
 
 

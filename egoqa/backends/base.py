@@ -78,7 +78,7 @@ class Backend(Protocol):
 
 
 def load_backend(kind: str, **kwargs: Any) -> Backend:
-    """Import and construct a backend by name ("transformers" or "fake")."""
+    """Import and construct a backend by name ("transformers", "openai" or "fake")."""
     if kind == "transformers":
         from egoqa.backends.transformers import TransformersBackend
 
@@ -87,6 +87,10 @@ def load_backend(kind: str, **kwargs: Any) -> Backend:
         from egoqa.backends.fake import FakeBackend
 
         return FakeBackend(**kwargs)
+    if kind == "openai":
+        from egoqa.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(**kwargs)
     from egoqa.errors import ConfigError
 
-    raise ConfigError(f"unknown backend {kind!r}: use 'transformers' or 'fake'")
+    raise ConfigError(f"unknown backend {kind!r}: use 'transformers', 'openai' or 'fake'")

@@ -163,6 +163,9 @@ class Job(Base):
     # zoom stopped short of its target window, why.
     note: Mapped[str | None] = mapped_column(Text)
     stop_reason: Mapped[str | None] = mapped_column(String(32))
+    # What an OpenAI-compatible server said answered: its model name and system fingerprint.
+    served_model: Mapped[str | None] = mapped_column(Text)
+    system_fingerprint: Mapped[str | None] = mapped_column(String(128))
     worker_id: Mapped[str | None] = mapped_column(String(128))
 
 
@@ -192,6 +195,8 @@ class JobResult(Base):
     batch_size: Mapped[int | None] = mapped_column(Integer)
     device: Mapped[str | None] = mapped_column(String(64))
     dtype: Mapped[str | None] = mapped_column(String(32))
+    served_model: Mapped[str | None] = mapped_column(Text)
+    system_fingerprint: Mapped[str | None] = mapped_column(String(128))
     finished_at: Mapped[float] = mapped_column(Float)
 
 

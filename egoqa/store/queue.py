@@ -79,6 +79,8 @@ class Completion:
     dtype: str | None = None  # what the weights actually were
     note: str | None = None  # a zoom level's decision (JSON)
     stop_reason: str | None = None  # why a zoom stopped short of its target window
+    served_model: str | None = None  # the model a server said answered (backend = "openai")
+    system_fingerprint: str | None = None  # the server's configuration, as it reported it
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,8 @@ UPDATE jobs SET state = 'done', response = :response, responses = :responses, pr
        finish_reason = :finish_reason, latency_s = :latency_s, prompt_tokens = :prompt_tokens,
        visual_tokens = :visual_tokens, completion_tokens = :completion_tokens,
        batch_size = :batch_size, device = :device, dtype = :dtype, note = :note,
-       stop_reason = :stop_reason, worker_id = :owner,
+       stop_reason = :stop_reason, served_model = :served_model,
+       system_fingerprint = :system_fingerprint, worker_id = :owner,
        finished_at = {now}, error = NULL, error_kind = NULL,
        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
  WHERE id = :job_id AND state = 'running' AND lease_token = :token
@@ -234,10 +237,10 @@ SELECT id, generation FROM jobs WHERE id IN {ids} AND state = 'running' AND leas
 RECORD = """
 INSERT INTO job_results (job_id, generation, lease_token, worker_id, prompt, response, responses,
        finish_reason, latency_s, prompt_tokens, visual_tokens, completion_tokens, batch_size,
-       device, dtype, finished_at)
+       device, dtype, served_model, system_fingerprint, finished_at)
 VALUES (:job_id, :generation, :token, :owner, :prompt, :response, :responses, :finish_reason,
         :latency_s, :prompt_tokens, :visual_tokens, :completion_tokens, :batch_size,
-        :device, :dtype, {now})
+        :device, :dtype, :served_model, :system_fingerprint, {now})
 """
 
 
