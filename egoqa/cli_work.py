@@ -185,12 +185,15 @@ def quiet_hugging_face() -> None:
 
 def _start_worker(choice, device):
     """Open the database and load the engine's model: (db, served engine, backend), or None."""
+    from egoqa.backends.modelpath import check_model_path
     from egoqa.worker import load_backend_for, resolve_engine
 
     db = open_database()
     served = resolve_engine(db, *choice)
     if served is None:
         return None
+    if served.spec.get("backend") != "fake":
+        check_model_path(served.model)  # before torch and transformers: a wrong path fails fast
     threads = os.environ.get("EGOQA_TORCH_THREADS")
     if threads:
         import torch

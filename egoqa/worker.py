@@ -108,10 +108,12 @@ def served_from_config(config: RunConfig, model: str | None = None) -> Served:
 
 def load_backend_for(served: Served, device: str) -> Backend:
     from egoqa.backends.base import load_backend
+    from egoqa.backends.modelpath import check_model_path
 
     engine = served.spec
     if engine.get("backend") == "fake":
         return load_backend("fake")
+    check_model_path(engine["model"])  # before the backend imports torch
     return load_backend(
         "transformers",
         model=engine["model"],
