@@ -6,8 +6,6 @@ and cheap to compare in the claim statement. Views present them as timestamps.
 
 from __future__ import annotations
 
-import enum
-
 from sqlalchemy import (
     Float,
     ForeignKey,
@@ -19,17 +17,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from egoqa.store.states import JobState  # noqa: F401 -- re-exported with the schema
+
 
 class Base(DeclarativeBase):
     pass
-
-
-class JobState(enum.StrEnum):
-    BLOCKED = "blocked"
-    READY = "ready"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class Clip(Base):
