@@ -181,6 +181,9 @@ class Worker(Base):
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
+    # with host, where `pid` means this process (see store.workers.Place)
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    pid_ns: Mapped[str | None] = mapped_column(String(64))
     pid: Mapped[int] = mapped_column(Integer)
     engine: Mapped[str | None] = mapped_column(String(64))
     gpus: Mapped[str | None] = mapped_column(String(255))  # CUDA_VISIBLE_DEVICES of the worker
