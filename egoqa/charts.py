@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from egoqa.report import METRIC_NAMES, METRICS
+from egoqa.report import METRIC_NAMES, METRICS, headline_text
 
 _CHART_METRICS = ("coverage", "r1_03", "r1_05")
 
@@ -59,6 +59,14 @@ def _chart(path: Path, title: str, labels: list[str], series: dict, horizontal: 
     return path
 
 
+def chart_title(summary: dict, key: str) -> str:
+    """A breakdown's title: its bars are over the enqueued queries (every one counts); the
+    line under it gives the headline, over every query of the file as exported."""
+    n = summary["enqueued_only"]["queries"]
+    title = f"run {summary['run']}: accuracy by {key.replace('_', ' ')} ({n:,} enqueued queries)"
+    return f"{title}\n{headline_text(summary)}"
+
+
 def charts(report: dict, out_dir: Path) -> list[Path]:
     """Accuracy by query type and by template, with n per bar; runs side by side if compared.
     None for a run without ground truth: it has no accuracy to draw."""
@@ -66,14 +74,14 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
 
     if not report["summary"]["ground_truth"]:
         return []
-    run, paths = report["summary"]["run"], []
+    paths = []
     for key in ("query_type", "template", "cluster"):
         records = report.get("by_" + key)
         if not records:
             continue
         labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
         series = {METRIC_NAMES[m][0]: [r[m] for r in records] for m in _CHART_METRICS}
-        title = f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)"
+        title = chart_title(report["summary"], key)
         if report["summary"].get("oracle"):
             title += "\n(oracle zoom: the ground truth chose each window)"
         paths.append(
@@ -82,5 +90,6 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
     if report["compare"]:
         labels = [f"{r['run']} (n={r['n']})" for r in report["compare"]]
         series = {METRIC_NAMES[m][0]: [r[m] for r in report["compare"]] for m in METRICS}
-        paths.append(_chart(out_dir / "runs_compared.png", "runs compared", labels, series, False))
+        title = "runs compared (each over its enqueued queries)"
+        paths.append(_chart(out_dir / "runs_compared.png", title, labels, series, False))
     return paths
