@@ -177,3 +177,14 @@ def wait_for_a_lock_wait(watcher: Database, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the releasing statement never waited on the worker's row")
         time.sleep(0.02)
+
+
+def test_gpus_of_a_live_worker_in_another_container_stay_refused(db, monkeypatch):
+    """Its pid names nothing here, but its heartbeat is fresh and its GPUs are this machine's."""
+    held_job(db)
+    with db.write() as cur:
+        cur.execute("UPDATE workers SET gpus = '0,1', pid = :p", {"p": gone_pid()})
+    assert registry.gpus_in_use(db, ["1", "2"]) == []  # here: its process is gone
+    seen_from_another_pid_namespace(monkeypatch)
+    (held,) = registry.gpus_in_use(db, ["1", "2"])
+    assert held[0] == "1" and held[2] == WORKER

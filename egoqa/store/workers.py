@@ -224,10 +224,32 @@ def held_jobs(db: Database) -> list[tuple]:
 
 
 def gpus_in_use(db: Database, wanted: list[str]) -> list[tuple[str, int, str]]:
-    """(GPU, pid, worker) for each wanted GPU that a live worker on this host holds."""
+    """(GPU, pid, worker) for each wanted GPU that a live worker on this machine holds."""
     place, out = here(), []
     for w in running_workers(db):
-        if w.place != place or not w.gpus or not pid_alive(w.pid):
-            continue
-        out += [(g, w.pid, w.id) for g in w.gpus.split(",") if g in wanted]
+        if w.gpus and _holds_gpus_here(w, place):
+            out += [(g, w.pid, w.id) for g in w.gpus.split(",") if g in wanted]
     return out
+
+
+def _holds_gpus_here(w: LiveWorker, place: Place) -> bool:
+    """Alive on this machine: by its pid where it may share our pid namespace; by a heartbeat
+    within its lease where it runs in another container of this boot (its pid means nothing
+    here, its GPUs are this machine's)."""
+    if _maybe_here(w.place, place):
+        return pid_alive(w.pid)
+    same_boot = w.host == place.host and w.place.boot_id is not None
+    if same_boot and w.place.boot_id == place.boot_id:
+        return not w.lease_s or w.heartbeat_age_s <= w.lease_s
+    return False
+
+
+def _maybe_here(theirs: Place, ours: Place) -> bool:
+    """Could be this place: the same host, and the same boot and pid namespace where the row
+    says (a row from before they were kept says nothing). For refusing GPUs, where a doubt
+    refuses; freeing jobs asks for the very same place (`here_and_gone`)."""
+    return (
+        theirs.host == ours.host
+        and theirs.boot_id in (None, ours.boot_id)
+        and theirs.pid_ns in (None, ours.pid_ns)
+    )
