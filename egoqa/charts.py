@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from egoqa.report import METRIC_NAMES, METRICS
+from egoqa.report import METRIC_NAMES, METRICS, headline_text
 from egoqa.stats import wilson
 
 _CHART_METRICS = ("coverage", "r1_03", "r1_05")
@@ -103,6 +103,14 @@ def _chart(
     return path
 
 
+def chart_title(summary: dict, key: str) -> str:
+    """A breakdown's title: its bars are over the enqueued queries (every one counts); the
+    line under it gives the headline, over every query of the file as exported."""
+    n = summary["enqueued_only"]["queries"]
+    title = f"run {summary['run']}: accuracy by {key.replace('_', ' ')} ({n:,} enqueued queries)"
+    return f"{title}\n{headline_text(summary)}"
+
+
 def charts(report: dict, out_dir: Path) -> list[Path]:
     """Accuracy by query type and by template, with n per bar; runs side by side if compared.
     None for a run without ground truth: it has no accuracy to draw."""
@@ -110,7 +118,7 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
 
     if not report["summary"]["ground_truth"]:
         return []
-    run, paths = report["summary"]["run"], []
+    paths = []
     for key in ("query_type", "template", "cluster"):
         records = report.get("by_" + key)
         if not records:
@@ -119,7 +127,7 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
             records = fold_small(records, key)
         labels = [f"{textwrap.shorten(str(r[key]), 60)} (n={r['n']})" for r in records]
         series = {METRIC_NAMES[m][0]: [r[m] for r in records] for m in _CHART_METRICS}
-        title = f"run {run}: accuracy by {key.replace('_', ' ')} (every query counts)"
+        title = chart_title(report["summary"], key)
         if report["summary"].get("oracle"):
             title += "\n(oracle zoom: the ground truth chose each window)"
         path = out_dir / f"accuracy_by_{key}.png"
@@ -136,5 +144,6 @@ def charts(report: dict, out_dir: Path) -> list[Path]:
             for m in METRICS
         }
         path = out_dir / "runs_compared.png"
-        paths.append(_chart(path, "runs compared", labels, series, False, errors))
+        title = "runs compared (each over its enqueued queries)"
+        paths.append(_chart(path, title, labels, series, False, errors))
     return paths

@@ -200,12 +200,15 @@ def waiting_note(db, served: str, before: bool = False) -> None:
 
 def _start_worker(choice, device):
     """Open the database and load the engine's model: (db, served engine, backend), or None."""
+    from egoqa.backends.modelpath import check_model_path
     from egoqa.worker import load_backend_for, resolve_engine
 
     db = open_database()
     served = resolve_engine(db, *choice)
     if served is None:
         return None
+    if served.spec.get("backend") not in ("fake", "openai"):  # a served name is not a path
+        check_model_path(served.model)  # before torch and transformers: a wrong path fails fast
     if choice == (None, None):  # chosen by most pending jobs: a tie or a second model is said
         waiting_note(db, served.engine, before=True)
     threads = os.environ.get("EGOQA_TORCH_THREADS")

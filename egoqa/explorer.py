@@ -51,6 +51,7 @@ def write_explorer(
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "version": __version__,
         "summary": built["summary"],
+        "headline": rp.headline_text(built["summary"]),
         "tables": [[t.title, t.columns, t.rows] for t in tables(built)],
         "charts": _charts(built, site),
         "compare": compare,

@@ -10,7 +10,6 @@ its parsed segments. Nothing prints here.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 
 from egoqa.errors import EgoqaError
@@ -60,22 +59,13 @@ def _add_skipped(
     results: list[dict], skipped: list[skips.SkippedQuery], out: NlqExport, only_enqueued: bool
 ) -> None:
     """Append the skipped records as misses (each query once, never one that was enqueued)."""
-    seen = {(p["clip_uid"], p["annotation_uid"], p["query_idx"]) for p in results}
-    written, left_out, no_id = Counter(), Counter(), Counter()
-    for s in skipped:
-        if s.key is None:
-            no_id[s.reason] += 1
-        elif s.key in seen:
-            continue  # a duplicate record, or enqueued from a later file
-        elif only_enqueued:
-            left_out[s.reason] += 1
-        else:
-            results.append(nlq_prediction(*s.key, []))
-            written[s.reason] += 1
-        if s.key is not None:
-            seen.add(s.key)
-    out.skipped, out.left_out = dict(sorted(written.items())), dict(sorted(left_out.items()))
-    out.no_query_id = dict(sorted(no_id.items()))
+    enqueued = {(p["clip_uid"], p["annotation_uid"], p["query_idx"]) for p in results}
+    misses = skips.written_as_misses(skipped, enqueued)
+    if not only_enqueued:
+        results += [nlq_prediction(*s.key, []) for s in misses]
+    counts = skips.skipped_counts(misses)
+    out.skipped, out.left_out = ({}, counts) if only_enqueued else (counts, {})
+    out.no_query_id = skips.skipped_counts([s for s in skipped if s.key is None])
 
 
 class OracleRun(EgoqaError):

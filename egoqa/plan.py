@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from egoqa import __version__
+from egoqa import __version__, specjson
 from egoqa.config import RunConfig, SamplerConfig, engine_id, resolve_model_ref
 from egoqa.dataset import Clip, Dataset, Query, query_type
 from egoqa.errors import ConfigError, DatasetError
@@ -50,7 +50,7 @@ def video_identity(path: Path) -> str:
 
 
 def canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return specjson.encode(obj)
 
 
 def job_key(spec: dict) -> str:
@@ -103,13 +103,15 @@ def media_spec(
     query: Query | None = None,
     window: list[float] | None = None,
     proposals: list[list[float]] | None = None,
+    sampler: dict | None = None,
 ) -> dict:
+    """The media part of a spec; `sampler` is the turn's `_sampler` where the caller has it."""
     if turn.media == "none" and not turn.placeholders() & set(TIMING_FIELDS):
         return {"kind": "none"}
     # A text-only turn that lists the frame times or intervals depends on the clip's sampling.
     spec = {
         "kind": turn.media,
-        "sampler": _sampler(config, turn),
+        "sampler": sampler or _sampler(config, turn),
         "video": identity,
         "offset": round(clip.offset_sec, 3),
         "duration": round(clip.duration_sec, 3),
@@ -163,6 +165,12 @@ def turn_spec(
     proposals: list[list[float]] | None = None,
 ) -> dict:
     """Everything that decides this turn's output (and nothing else): the key is its hash."""
+    media = media_spec(turn, config, clip, identity, parent_keys, query, window, proposals)
+    return {**turn_constants(turn, config), **_job_fields(turn, query, parent_keys, media)}
+
+
+def turn_constants(turn: Turn, config: RunConfig) -> dict:
+    """The fields of a turn's spec that are the same for every job of the turn."""
     gen = config.generation.model_dump()
     if turn.max_new_tokens:
         gen["max_new_tokens"] = turn.max_new_tokens
@@ -171,14 +179,105 @@ def turn_spec(
         "generation": gen,
         "system": turn.system or config.system_prompt,
         "template": turn.template,
-        "query": query.text if turn.reads_query and query else None,
-        "reads": {r: parent_keys[r] for r in turn.reads},
-        "media": media_spec(turn, config, clip, identity, parent_keys, query, window, proposals),
         "samples": turn.samples,
         "select": list(turn.select),
-        **({"zoom": zoom_block(turn, query)} if turn.repeat_until is not None else {}),
         **({"per_segment": True} if turn.per_segment else {}),
     }
+
+
+def _job_fields(turn: Turn, query: Query | None, parent_keys: dict[str, str], media: dict) -> dict:
+    """The fields of a turn's spec that differ from job to job."""
+    return {
+        "query": query.text if turn.reads_query and query else None,
+        "reads": {r: parent_keys[r] for r in turn.reads},
+        "media": media,
+        **({"zoom": zoom_block(turn, query)} if turn.repeat_until is not None else {}),
+    }
+
+
+class _TurnPlan:
+    """One turn's jobs: its constant fields built and encoded once for the whole run.
+
+    Per job only the query, the reads, the media's clip and window (and a zoom's block) are
+    encoded, then joined with the constant fields in sorted order (`specjson.Layout`): the text
+    is exactly `canonical(turn_spec(...))` and `canonical` of the stored spec, so keys are what
+    they always were — and what they are when `turn_spec` is used alone (zoom follow-ups).
+    """
+
+    def __init__(self, turn: Turn, index: int, style: Style, config: RunConfig) -> None:
+        self.turn, self.index, self.config = turn, index, config
+        self.constants = turn_constants(turn, config)
+        self.engine = self.constants["engine"]
+        self.engine_id = engine_id(self.engine)
+        self.stored = {
+            "turn": turn.name,
+            "turn_index": index,
+            "style": style.name,
+            "graded": turn.graded,
+            "segments_from": turn.segments_from,
+        }
+        # Built from the first job: which fields vary follows from the turn alone.
+        self.media_layout: specjson.Layout | None = None
+        self.layouts: tuple[specjson.Layout, specjson.Layout] | None = None
+        self.sampler: dict | None = None  # validated at the first job that shows frames
+
+    def job(
+        self,
+        clip: Clip,
+        identity: str,
+        query: Query | None,
+        parent_keys: dict,
+        proposals: list[list[float]] | None = None,
+        **ids,
+    ):
+        """(key, job) of this turn for one clip (and query); `ids` are clip_id and query_id;
+        `proposals` the query's proposed windows (a `media = "proposals"` turn shows them)."""
+        t, config = self.turn, self.config
+        media = media_spec(
+            t, config, clip, identity, parent_keys, query, None, proposals, self.sampler
+        )
+        fields = _job_fields(t, query, parent_keys, media)
+        values = self._encoded(fields, media)
+        key_layout, stored_layout = self.layouts
+        key = hashlib.sha256(key_layout.text(values).encode()).hexdigest()
+        parents = [
+            *fields["reads"].values(),
+            *(media[k] for k in ("from", "window_of") if k in media),
+        ]
+        return key, queue.NewJob(
+            key=key,
+            engine=self.engine_id,
+            model=self.engine["model"],
+            turn_name=t.name,
+            turn_index=self.index,
+            spec=stored_layout.text(values),
+            media_key=media_key(media),
+            parent_keys=tuple(dict.fromkeys(parents)),
+            priority=config.priority,
+            max_attempts=config.max_attempts,
+            **ids,
+        )
+
+    def _encoded(self, fields: dict, media: dict) -> dict[str, str]:
+        """The varying fields' values as canonical JSON, the media's through its own layout."""
+        if self.layouts is None:
+            self.sampler = media.get("sampler")
+            shared = {k: media[k] for k in ("kind", "sampler") if k in media}
+            self.media_layout = specjson.Layout(shared, set(media) - set(shared))
+            self.layouts = (
+                specjson.Layout(self.constants, fields),
+                specjson.Layout({**self.constants, **self.stored}, fields),
+            )
+            self.media_fields = media.keys() - shared.keys()
+        encode = specjson.encode
+        values = {k: encode(v) for k, v in fields.items() if k != "media"}
+        if media.keys() - {"kind", "sampler"} == self.media_fields:
+            values["media"] = self.media_layout.text(
+                {k: encode(media[k]) for k in self.media_fields}
+            )
+        else:  # not expected (the fields follow from the turn), and still exact
+            values["media"] = encode(media)
+        return values
 
 
 class _Planner:
@@ -191,43 +290,40 @@ class _Planner:
         query_ids: dict[tuple, int],
         proposals: dict[tuple, list] | None = None,
     ) -> None:
-        self.config, self.style = config, style
+        self.style = style
         self.proposals = proposals or {}
         self.clip_ids, self.identities, self.query_ids = clip_ids, identities, query_ids
         self.per_clip = style.per_clip()
+        # turns that take a zoom's final window are planned when the zoom has ended
+        self.turns = [
+            _TurnPlan(turn, index, style, config)
+            for index, turn in enumerate(style.turns)
+            if turn.window_from is None
+        ]
         self.jobs: dict[str, queue.NewJob] = {}
         self.chains: list[tuple[int, list[str]]] = []  # (query id, key per turn)
-        # A per-clip turn's spec is the same for every query on the clip: hash it once per clip.
+        # A per-clip turn's spec is the same for every query on the clip: build it once per clip.
         self.clip_keys: dict[tuple[str, str], str] = {}
 
     def plan_query(self, clip: Clip, q: Query) -> None:
         qid = self.query_ids[(q.clip_uid, q.annotation_uid, q.query_idx)]
         keys: dict[str, str] = {}
-        for index, turn in enumerate(self.style.turns):
-            if turn.window_from is not None:  # planned when the zoom it follows has ended
-                continue
-            shared = self.per_clip[turn.name]
-            key = self.clip_keys.get((clip.clip_uid, turn.name)) if shared else None
+        for plan in self.turns:
+            name = plan.turn.name
+            shared = self.per_clip[name]
+            key = self.clip_keys.get((clip.clip_uid, name)) if shared else None
             if key is not None:
-                keys[turn.name] = key
+                keys[name] = key
                 continue
             windows = self.proposals.get((q.clip_uid, q.annotation_uid, q.query_idx))
+            ids = {"clip_id": self.clip_ids[clip.clip_uid], "query_id": None if shared else qid}
             identity = self.identities[clip.clip_uid]
-            spec = turn_spec(turn, self.config, clip, identity, q, keys, proposals=windows)
-            key = keys[turn.name] = job_key(spec)
+            key, job = plan.job(clip, identity, q, keys, proposals=windows, **ids)
+            keys[name] = key
             if shared:
-                self.clip_keys[(clip.clip_uid, turn.name)] = key
-            if key not in self.jobs:
-                self.jobs[key] = self._new_job(
-                    key, spec, turn, index, clip, None if self.per_clip[turn.name] else qid
-                )
+                self.clip_keys[(clip.clip_uid, name)] = key
+            self.jobs.setdefault(key, job)
         self.chains.append((qid, [keys.get(t.name) for t in self.style.turns]))
-
-    def _new_job(
-        self, key: str, spec: dict, turn: Turn, index: int, clip: Clip, qid: int | None
-    ) -> queue.NewJob:
-        clip_id = self.clip_ids[clip.clip_uid]
-        return make_job(key, spec, turn, index, self.style.name, clip_id, qid, self.config)
 
 
 def make_job(

@@ -196,10 +196,52 @@ def _counts(rows: Sequence[dict]) -> dict[str, int]:
     return {"n": len(rows), **{k: status[k] for k in ("done", "failed", "pending")}}
 
 
+HEADLINE_SCOPE = (
+    "every query of the run's annotation files, as `egoqa export` writes them (the skipped ones "
+    "as misses): the number the official NLQ evaluation script prints for the export"
+)
+ENQUEUED_SCOPE = "the enqueued queries only (the skipped ones left out)"
+
+
+def exported_misses(data: RunData) -> int:
+    """How many skipped records the export writes as misses beside the enqueued queries."""
+    enqueued = {(r["clip_uid"], r["annotation_uid"], r["query_idx"]) for r in data.rows}
+    return len(skips.written_as_misses(data.skipped, enqueued))
+
+
+def headline(data: RunData) -> dict[str, Any]:
+    """The metrics over what the export holds — every enqueued query, and each skipped record
+    with a query id as a miss — which is what the official script averages over."""
+    misses = exported_misses(data)
+    scores = [*map(row_scores, data.rows), *(failed_scores() for _ in range(misses))]
+    out = summarize(scores)
+    head = {"scope": HEADLINE_SCOPE, "queries": len(data.rows) + misses}
+    return head | {k: out[k] for k in METRICS}
+
+
+def headline_text(s: dict, metric: str = "r1_03") -> str | None:
+    """One line for titles: the headline metric over the file as exported, the enqueued-only
+    number beside it (None without ground truth)."""
+    head, enqueued = s.get("headline"), s.get("enqueued_only")
+    if not head:
+        return None
+    name = METRIC_NAMES[metric][0]
+    return (
+        f"{name} {100 * head[metric]:.1f} % over all {head['queries']:,} queries of the file "
+        f"(official script, as exported); {100 * enqueued[metric]:.1f} % over the "
+        f"{enqueued['queries']:,} enqueued"
+    )
+
+
 def summary(data: RunData) -> dict[str, Any]:
     """Counts, the official metrics and coverage, and best-of-n where the graded turn sampled n;
-    with no ground truth the metrics are None. `skipped` counts the records of the run's
-    annotation files that could not be enqueued (they are not in the metrics)."""
+    with no ground truth the metrics are None.
+
+    `headline` holds the metrics over every query of the run's annotation files as the export
+    writes them (the skipped ones as misses): what the official script prints for the export.
+    `enqueued_only` holds them over the enqueued queries, as do the flat metric keys (kept for
+    the scripts that read them) and every breakdown. `skipped` counts the records that could
+    not be enqueued."""
     truth = data.ground_truth
     out = {
         "run": data.run,
@@ -213,6 +255,9 @@ def summary(data: RunData) -> dict[str, Any]:
         "ground_truth": truth,
     }
     out |= metrics(data.rows) if truth else dict.fromkeys(METRICS)
+    out["headline"] = headline(data) if truth else None
+    enqueued = {"scope": ENQUEUED_SCOPE, "queries": len(data.rows)}
+    out["enqueued_only"] = enqueued | {k: out[k] for k in METRICS} if truth else None
     out["pred_length"] = pred_length(data.rows)
     out["intervals"] = _intervals(data.rows, out) if truth else None
     out["best_of_n"] = metrics(data.rows, best=True) if truth and data.samples > 1 else None

@@ -36,25 +36,20 @@ def summary_rows(db: Database, run: str) -> tuple[list[str], list[tuple]]:
 
 
 def _summary_table(s: dict) -> tuple[list[str], list[tuple]]:
+    if not s["ground_truth"]:
+        return _counts_table(s)
+    return _scored_table(s)
+
+
+def _counts_table(s: dict) -> tuple[list[str], list[tuple]]:
+    """A run without ground truth: counts, and no scores."""
     rows: list[tuple] = [("queries", s["n"]), *((k, s[k]) for k in ("done", "failed", "pending"))]
     if s["skipped"]:
-        rows.append(("skipped at enqueue (not scored)", s["skipped"]))
+        rows.append(("skipped at enqueue (misses)", s["skipped"]))
     if s["unscored"]:
         rows.append(("unscored (run with --rescore)", s["unscored"]))
-    if not s["ground_truth"]:
-        rows.append(("ground truth", "none (a test split): no scores"))
-        return ["metric", "value"], rows
-    columns = ["metric", "value [95 % interval]"]
-    spans = s.get("intervals") or {}
-    rows += [(METRIC_NAMES[k][0] + " %", _with_interval(s[k], spans.get(k))) for k in METRICS]
-    at = [r[0] for r in rows].index("coverage %") + 1  # what the coverage cost, beside it
-    rows.insert(at, (METRIC_NAMES["pred_length"][0], _pct(s.get("pred_length"))))
-    if s["best_of_n"]:
-        label = f"best of {s['samples']} samples of {s['graded_turn']!r}"
-        rows += [
-            (f"{label}: {METRIC_NAMES[k][0] + ' %'}", _pct(s["best_of_n"][k])) for k in BEST_METRICS
-        ]
-    return columns, rows
+    rows.append(("ground truth", "none (a test split): no scores"))
+    return ["metric", "value"], rows
 
 
 def _with_interval(value: float | None, interval: list[float] | None) -> str:
@@ -121,6 +116,36 @@ def published_table(report: dict) -> TableSpec:
     columns = ["method", *(METRIC_NAMES[m][1] for m in _PUBLISHED)]
     title = f"{pub['label']} ({where}, %; sources in --json and egoqa/published/nlq.toml)"
     return TableSpec(title, columns, rows, True)
+
+
+def headline_heads(s: dict) -> tuple[str, str]:
+    """The two columns' heads: every query of the file as exported (what the official script
+    prints), and the enqueued queries alone."""
+    file_n, enqueued_n = s["headline"]["queries"], s["enqueued_only"]["queries"]
+    return f"official, file ({file_n:,})", f"enqueued ({enqueued_n:,}) [95 % interval]"
+
+
+def _scored_table(s: dict) -> tuple[list[str], list[tuple]]:
+    """Counts, then each metric twice: over every query of the annotation file as `export`
+    writes it (the official script's number, the headline) and over the enqueued queries."""
+    head, enqueued = s["headline"], s["enqueued_only"]
+    rows: list[tuple] = [("queries", head["queries"], enqueued["queries"])]
+    rows += [(k, "", s[k]) for k in ("done", "failed", "pending")]
+    misses = head["queries"] - enqueued["queries"]
+    if s["skipped"]:
+        rows.append(("skipped at enqueue (misses)", misses, ""))
+    if s["unscored"]:
+        rows.append(("unscored (run with --rescore)", "", s["unscored"]))
+    spans = s.get("intervals") or {}  # 95 % intervals, over the enqueued queries
+    for k in METRICS:
+        shown = _with_interval(enqueued[k], spans.get(k))
+        rows.append((METRIC_NAMES[k][0] + " %", _pct(head[k]), shown))
+        if k == "coverage":  # what the coverage cost, beside it
+            rows.append((METRIC_NAMES["pred_length"][0], "", _pct(s.get("pred_length"))))
+    if s["best_of_n"]:  # a heading row, then its metrics: long labels would wrap at 80 columns
+        rows.append((f"best of {s['samples']} samples of {s['graded_turn']!r}:", "", ""))
+        rows += [(f"  {METRIC_NAMES[k][0]} %", "", _pct(s["best_of_n"][k])) for k in BEST_METRICS]
+    return ["metric", *headline_heads(s)], rows
 
 
 # Done, mean R@1 and Recall@5 are left to the summary and --json: beside them a template name

@@ -132,6 +132,7 @@ def served_from_config(config: RunConfig, model: str | None = None) -> Served:
 
 def load_backend_for(served: Served, device: str) -> Backend:
     from egoqa.backends.base import load_backend
+    from egoqa.backends.modelpath import check_model_path
 
     engine = served.spec
     if engine.get("backend") == "fake":
@@ -144,6 +145,7 @@ def load_backend_for(served: Served, device: str) -> Backend:
         backend = load_backend("openai", model=engine["model"], config=openai)
         backend.check()
         return backend
+    check_model_path(engine["model"])  # before the backend imports torch
     return load_backend(
         "transformers",
         model=engine["model"],

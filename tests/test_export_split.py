@@ -164,7 +164,7 @@ def test_report_shows_the_skipped_count_beside_the_scores(val_run):
     assert s["ground_truth"] is True and s["n"] == 5 and s["coverage"] is not None
     assert (s["skipped"], s["skipped_by_reason"]) == (5, VAL_SKIPS)
     table = val_run("report", "--run", "val").stdout
-    assert "skipped at enqueue (not scored)" in table and "coverage %" in table
+    assert "skipped at enqueue (misses)" in table and "coverage %" in table
 
 
 def test_enqueueing_the_same_file_again_records_its_skipped_records_once(data, tmp_path):

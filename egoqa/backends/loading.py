@@ -4,11 +4,11 @@ errors for what cannot load, and the engine options (dtype, attention, 4-bit NF4
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from egoqa.backends.modelpath import check_model_path
 from egoqa.errors import ConfigError, ModelLoadError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -17,21 +17,6 @@ _OOM_MARKERS = ("out of memory", "can't allocate memory", "defaultcpuallocator")
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep in model[:1]
-
-
-def _check_model_path(model: str) -> None:
-    path = Path(model).expanduser()
-    if path.exists():
-        return
-    if _looks_like_path(model):
-        raise ModelLoadError(
-            f"model path {model} does not exist; pass an existing checkpoint directory "
-            "(build the tiny one with egoqa.tinymodel.build_tiny_model) or a hub id"
-        )
 
 
 def first_line(exc: BaseException) -> str:
@@ -48,7 +33,7 @@ def _load_error(model: str, exc: Exception) -> ModelLoadError:
 def load_processor(model: str, load: dict[str, Any]):
     from transformers import AutoProcessor
 
-    _check_model_path(model)
+    check_model_path(model)
     try:
         return AutoProcessor.from_pretrained(model, padding_side="left", **load)
     except Exception as exc:  # OSError, ValueError, EnvironmentError: all mean "not loadable"

@@ -7,6 +7,8 @@ workers can never both read a job as ready and both claim it.
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import re
 import sqlite3
@@ -229,9 +231,52 @@ def alembic_config(url: str, engine: Engine | None = None):
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+    """The newest migration's revision (read from the files' text: see `_revision_graph`)."""
+    graph = _revision_graph()
+    heads = set(graph) - set(graph.values())
+    if len(heads) == 1:
+        return heads.pop()
+    from alembic.script import ScriptDirectory  # a branched history: alembic says what holds
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+_REVISION = re.compile(r"^(down_revision|revision)\b[^=\n]*=\s*(.+?)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def _revision_graph() -> dict[str, str | None]:
+    """revision -> down_revision of every migration, read from the files as text.
+
+    Every command checks the schema; importing alembic and the migrations to learn the head
+    took half a second of each. A file this does not read plainly (no single quoted revision,
+    a merge of several) sends the question to alembic.
+    """
+    graph: dict[str, str | None] = {}
+    for path in sorted(_migration_dirs()[1].glob("*.py")):
+        found = dict(m.groups() for m in _REVISION.finditer(path.read_text(encoding="utf-8")))
+        rev, down = found.get("revision"), found.get("down_revision")
+        if rev is None or down is None:
+            return _alembic_graph()
+        try:
+            rev, down = ast.literal_eval(rev), ast.literal_eval(down)
+        except (ValueError, SyntaxError):
+            return _alembic_graph()
+        if not isinstance(rev, str) or not (down is None or isinstance(down, str)):
+            return _alembic_graph()
+        graph[rev] = down
+    return graph
+
+
+def _alembic_graph() -> dict[str, str | None]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    out: dict[str, str | None] = {}
+    for rev in script.walk_revisions():
+        down = rev.down_revision
+        out[rev.revision] = down if down is None or isinstance(down, str) else ",".join(down)
+    return out
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -265,10 +310,7 @@ class SchemaState:
 
 
 def known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return {rev.revision for rev in script.walk_revisions()}
+    return set(_revision_graph())
 
 
 def schema_state(engine: Engine) -> SchemaState:

@@ -6,8 +6,6 @@ and cheap to compare in the claim statement. Views present them as timestamps.
 
 from __future__ import annotations
 
-import enum
-
 from sqlalchemy import (
     Float,
     ForeignKey,
@@ -19,17 +17,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from egoqa.store.states import JobState  # noqa: F401 -- re-exported with the schema
+
 
 class Base(DeclarativeBase):
     pass
-
-
-class JobState(enum.StrEnum):
-    BLOCKED = "blocked"
-    READY = "ready"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class Clip(Base):
@@ -204,6 +196,9 @@ class Worker(Base):
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
+    # with host, where `pid` means this process (see store.workers.Place)
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    pid_ns: Mapped[str | None] = mapped_column(String(64))
     pid: Mapped[int] = mapped_column(Integer)
     engine: Mapped[str | None] = mapped_column(String(64))
     gpus: Mapped[str | None] = mapped_column(String(255))  # CUDA_VISIBLE_DEVICES of the worker

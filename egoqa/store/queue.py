@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from egoqa.store import graph
 from egoqa.store.db import Cursor, Database, chunks, in_list
-from egoqa.store.models import JobState
+from egoqa.store.states import JobState
 
 RUNNING, READY, BLOCKED = JobState.RUNNING.value, JobState.READY.value, JobState.BLOCKED.value
 DONE, FAILED = JobState.DONE.value, JobState.FAILED.value

@@ -83,6 +83,19 @@ def skipped_queries(db: Database, run: str) -> list[SkippedQuery]:
     return [SkippedQuery(*row) for row in rows]
 
 
+def written_as_misses(
+    skipped: Sequence[SkippedQuery], enqueued: set[tuple[str, str, int]]
+) -> list[SkippedQuery]:
+    """The skipped records the export writes as misses: each query once (a record repeated, or
+    enqueued from another file, is not written again), and only those with a full query id."""
+    out, seen = [], set(enqueued)
+    for s in skipped:
+        if s.key is not None and s.key not in seen:
+            out.append(s)
+            seen.add(s.key)
+    return out
+
+
 def skipped_counts(skipped: Sequence[SkippedQuery]) -> dict[str, int]:
     """How many records were skipped, per reason."""
     return dict(sorted(Counter(s.reason for s in skipped).items()))

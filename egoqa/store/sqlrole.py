@@ -3,18 +3,25 @@ nothing else, so a user's statement cannot write, run programs or read files —
 database URL names (a superuser's `COPY ... TO PROGRAM` runs a shell command).
 
 `egoqa db upgrade` creates the role (named after the database) with a random password kept in
-the `sql_readers` table, which only the owner reads. `egoqa sql` connects as that role, or as
-the URL's own role when that role is already harmless, or as $EGOQA_SQL_URL; otherwise it
-refuses. SQLite needs none of this: `egoqa sql` opens the file read-only.
+the `sql_readers` table, which only the owner reads. The server draws the password itself and
+is given only its SCRAM-SHA-256 verifier, so the password never appears in a statement (nor in
+a server log with `log_statement = 'all'`). The role's statements, lock waits and idle
+transactions are time-limited (`ReaderLimits`), so a forgotten read cannot hold the locks a
+migration or a worker's claim waits for. `egoqa sql` connects as that role, or as the URL's own
+role when that role is already harmless, or as $EGOQA_SQL_URL; otherwise it refuses. SQLite
+needs none of this: `egoqa sql` opens the file read-only.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import os
 import re
 import secrets
+from dataclasses import dataclass
 
 from sqlalchemy.engine import make_url
 
@@ -29,17 +36,65 @@ DANGEROUS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_
 PRIVATE_TABLES = ("sql_readers",)
 
 
+@dataclass(frozen=True)
+class ReaderLimits:
+    """Set on the read-only role, so they hold for every session of it, whatever the client:
+    a statement runs at most `statement_s` (`egoqa sql --timeout` may ask for more), waits for
+    a lock at most `lock_s`, and a transaction left open is ended after `idle_s`."""
+
+    statement_s: float = 60.0
+    lock_s: float = 5.0
+    idle_s: float = 60.0
+
+    def settings(self) -> dict[str, int]:
+        """PostgreSQL's settings, in milliseconds."""
+        return {
+            "statement_timeout": _ms(self.statement_s),
+            "lock_timeout": _ms(self.lock_s),
+            "idle_in_transaction_session_timeout": _ms(self.idle_s),
+        }
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS):
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / 7677): what
+    `PASSWORD '...'` may be given instead of the password. `password` must be ASCII (SASLprep
+    leaves it as it is)."""
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("ascii"), salt, iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = [base64.b64encode(b).decode("ascii") for b in (salt, stored_key, server_key)]
+    return f"SCRAM-SHA-256${iterations}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
+# The password is drawn by the server (gen_random_uuid: its strong random source) and comes
+# back only in the result, so no statement carries it: 64 hex digits, 244 random bits.
+NEW_PASSWORD = """
+INSERT INTO sql_readers (role, password, created_at)
+VALUES (:r, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), {now})
+RETURNING password
+"""
+
+
 def reader_name(database: str) -> str:
     """A role name per database (role names are cluster-wide), at most 63 bytes."""
     safe = re.sub(r"[^a-z0-9_]", "_", database.lower())[:40]
     return f"egoqa_sql_{safe}_{hashlib.sha1(database.encode()).hexdigest()[:8]}"
 
 
-def ensure_reader(db: Database) -> str | None:
+def ensure_reader(db: Database, limits: ReaderLimits | None = None) -> str | None:
     """Create (or refresh) the database's read-only role; None where this role may not.
 
     Called after migrations by `egoqa db upgrade` and by the first `enqueue`.
     """
+    limits = limits or ReaderLimits()
     if db.is_sqlite:
         return None
     with db.read() as cur:
@@ -52,26 +107,23 @@ def ensure_reader(db: Database) -> str | None:
             SQL_URL_ENV,
         )
         return None
-    role, password = reader_name(dbname), secrets.token_urlsafe(24)
+    role = reader_name(dbname)
     with db.write() as cur:
-        for stmt in _grants(cur, role, password, dbname):
-            cur.execute(stmt)
         cur.execute("DELETE FROM sql_readers WHERE role = :r", {"r": role})
-        cur.execute(
-            f"INSERT INTO sql_readers (role, password, created_at) VALUES (:r, :p, {db.now})",
-            {"r": role, "p": password},
-        )
+        password = cur.one(NEW_PASSWORD.format(now=db.now), {"r": role})
+        for stmt in _grants(cur, role, scram_verifier(password), dbname, limits):
+            cur.execute(stmt)
     return role
 
 
-def _grants(cur, role: str, password: str, dbname: str) -> list[str]:
+def _grants(cur, role: str, verifier: str, dbname: str, limits: ReaderLimits) -> list[str]:
     exists = cur.one("SELECT 1 FROM pg_roles WHERE rolname = :r", {"r": role})
     verb = "ALTER" if exists else "CREATE"
-    quoted = password.replace("'", "''")
     attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT"
     stmts = [
-        f"{verb} ROLE {role} WITH {attrs} PASSWORD '{quoted}'",
+        f"{verb} ROLE {role} WITH {attrs} PASSWORD '{verifier}'",
         f"ALTER ROLE {role} SET default_transaction_read_only = on",
+        *(f"ALTER ROLE {role} SET {name} = {ms}" for name, ms in limits.settings().items()),
         f'GRANT CONNECT ON DATABASE "{dbname}" TO {role}',
         f"GRANT USAGE ON SCHEMA public TO {role}",
         f"REVOKE CREATE ON SCHEMA public FROM {role}",

@@ -90,6 +90,11 @@ def run_statement(
         raise Interrupted("interrupted: the statement was cancelled; nothing was changed") from None
     if thread.is_alive() or _timed_out(running.error):
         _stop(thread, running)
+        if timeout_s is None:  # the server's own limit: the read-only role's statement_timeout
+            raise StatementTimeout(
+                "the statement ran longer than the read-only role's statement_timeout and was "
+                "cancelled: narrow it (WHERE, LIMIT) or give it more time with --timeout SECONDS"
+            )
         raise StatementTimeout(
             f"the statement ran longer than --timeout {timeout_s:g} s and was cancelled: "
             "narrow it (WHERE, LIMIT) or give it more time"
