@@ -122,7 +122,7 @@ def headline_heads(s: dict) -> tuple[str, str]:
     """The two columns' heads: every query of the file as exported (what the official script
     prints), and the enqueued queries alone."""
     file_n, enqueued_n = s["headline"]["queries"], s["enqueued_only"]["queries"]
-    return f"official, file ({file_n:,})", f"enqueued ({enqueued_n:,}) [95 % interval]"
+    return f"official ({file_n:,})", f"enqueued ({enqueued_n:,}) [95 % CI]"
 
 
 def _scored_table(s: dict) -> tuple[list[str], list[tuple]]:

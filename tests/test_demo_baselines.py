@@ -24,7 +24,7 @@ def test_demo_compares_its_run_with_the_baselines_with_intervals(tmp_path):
     run = InProcess(tmp_path / "demo.db", tmp_path)
     out = run("demo", "--dir", tmp_path / "demo", "--workers", "1")
     assert "McNemar" in out.stdout and "demo − prior:whole_clip" in out.stdout
-    assert "value [95 % interval]" in out.stdout
+    assert "[95 % CI]" in out.stdout
     index = (tmp_path / "demo" / "explorer" / "data" / "index.js").read_text()
     data = json.loads(index[index.index("(") + 1 : index.rindex(")")])
     assert data["compare"] == ["prior:whole_clip", "prior:uniform_random", "proposals:synth"]

@@ -114,12 +114,14 @@ def test_the_table_shows_both_numbers_named_plainly(answered):
     db = open_db(answered.db, readonly=True)
     summary = tables(build(db, "r"))[0]
     db.dispose()
-    assert summary.columns == ["metric", "official, file (5)", "enqueued (3)"]
+    assert summary.columns == ["metric", "official (5)", "enqueued (3) [95 % CI]"]
     rows = {r[0]: r[1:] for r in summary.rows}
-    assert rows["R@1 IoU>0.3 %"] == ("40.0", "66.7") and rows["R@1 IoU>0.5 %"] == ("20.0", "33.3")
-    assert rows["mIoU %"] == ("28.0", "46.7")
+    # the enqueued column carries Wilson intervals, by hand: 2/3 -> 20.8-93.9, 1/3 -> 6.1-79.2
+    assert rows["R@1 IoU>0.3 %"] == ("40.0", "66.7 [20.8–93.9]")
+    assert rows["R@1 IoU>0.5 %"] == ("20.0", "33.3 [6.1–79.2]")
+    assert rows["mIoU %"][0] == "28.0" and rows["mIoU %"][1].startswith("46.7 [")
     assert rows["skipped at enqueue (misses)"] == (2, "")
-    assert "official, file (5)" in answered("report", "--run", "r").stdout
+    assert "official (5)" in answered("report", "--run", "r").stdout
 
 
 def test_chart_titles_and_the_explorer_carry_the_headline(answered, tmp_path):
