@@ -206,6 +206,8 @@ RESULT_COLUMNS = {
     "dtype": None,
     "note": None,
     "stop_reason": None,
+    "served_model": None,
+    "system_fingerprint": None,
 }
 
 
