@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from egoqa import __version__
-from egoqa.config import RunConfig, SamplerConfig, engine_id, resolve_model_ref
+from egoqa.config import RunConfig, SamplerConfig, engine_id, key_engine, resolve_model_ref
 from egoqa.dataset import Clip, Dataset, Query, query_type
 from egoqa.errors import ConfigError, DatasetError
 from egoqa.prompts import TIMING_FIELDS, Style, Turn
@@ -54,6 +54,9 @@ def canonical(obj) -> str:
 
 
 def job_key(spec: dict) -> str:
+    """The hash of everything that decides a job's output (a local model by its content)."""
+    if "engine" in spec:
+        spec = {**spec, "engine": key_engine(spec["engine"])}
     return hashlib.sha256(canonical(spec).encode()).hexdigest()
 
 
@@ -157,13 +160,18 @@ def turn_spec(
     query: Query | None,
     parent_keys: dict[str, str],
     window: list[float] | None = None,
+    engines: dict[str | None, dict] | None = None,
 ) -> dict:
-    """Everything that decides this turn's output (and nothing else): the key is its hash."""
+    """Everything that decides this turn's output (and nothing else): the key is its hash.
+    `engines` remembers each model's engine (its fingerprint) across the turns of one plan."""
     gen = config.generation.model_dump()
     if turn.max_new_tokens:
         gen["max_new_tokens"] = turn.max_new_tokens
+    engines = {} if engines is None else engines
+    if turn.model not in engines:
+        engines[turn.model] = config.engine(resolve_model_ref(turn.model) if turn.model else None)
     return {
-        "engine": config.engine(resolve_model_ref(turn.model) if turn.model else None),
+        "engine": engines[turn.model],
         "generation": gen,
         "system": turn.system or config.system_prompt,
         "template": turn.template,
@@ -193,6 +201,7 @@ class _Planner:
         self.chains: list[tuple[int, list[str]]] = []  # (query id, key per turn)
         # A per-clip turn's spec is the same for every query on the clip: hash it once per clip.
         self.clip_keys: dict[tuple[str, str], str] = {}
+        self.engines: dict[str | None, dict] = {}  # by a turn's model override
 
     def plan_query(self, clip: Clip, q: Query) -> None:
         qid = self.query_ids[(q.clip_uid, q.annotation_uid, q.query_idx)]
@@ -205,7 +214,8 @@ class _Planner:
             if key is not None:
                 keys[turn.name] = key
                 continue
-            spec = turn_spec(turn, self.config, clip, self.identities[clip.clip_uid], q, keys)
+            identity = self.identities[clip.clip_uid]
+            spec = turn_spec(turn, self.config, clip, identity, q, keys, engines=self.engines)
             key = keys[turn.name] = job_key(spec)
             if shared:
                 self.clip_keys[(clip.clip_uid, turn.name)] = key

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from egoqa.backends.base import Backend
 from egoqa.batchrun import Batch, BatchRunner, Sizer
 from egoqa.claimahead import ClaimAhead
-from egoqa.config import RunConfig, config_from_json, engine_id
+from egoqa.config import ENGINE_FIELDS, RunConfig, config_from_json, engine_id
 from egoqa.errors import EgoqaError
 from egoqa.heartbeat import Heartbeat
 from egoqa.recording import Recorder, WorkerStats
@@ -97,7 +97,8 @@ def resolve_engine(
 def served_from(row: EngineRow) -> Served:
     engine = row.spec
     base = config_from_json(row.run_config) if row.run_config else RunConfig(model=engine["model"])
-    return Served(row.engine, engine, base.model_copy(update=engine))
+    fields = {k: engine[k] for k in ENGINE_FIELDS if k in engine}
+    return Served(row.engine, engine, base.model_copy(update=fields))
 
 
 def served_from_config(config: RunConfig, model: str | None = None) -> Served:
@@ -112,6 +113,7 @@ def load_backend_for(served: Served, device: str) -> Backend:
     engine = served.spec
     if engine.get("backend") == "fake":
         return load_backend("fake")
+    check_weights(engine)
     return load_backend(
         "transformers",
         model=engine["model"],
@@ -124,6 +126,23 @@ def load_backend_for(served: Served, device: str) -> Backend:
         device=device,
         device_map=served.config.device_map,
     )
+
+
+def check_weights(engine: dict) -> None:
+    """Refuse to serve jobs keyed by weights the model's directory no longer holds: their
+    answers would be stored under the old weights' keys."""
+    from egoqa.fingerprint import model_fingerprint
+
+    expected, path = engine.get("weights"), engine["model"]
+    if not expected or not os.path.isdir(path):
+        return
+    found = model_fingerprint(path)
+    if found != expected:
+        raise EgoqaError(
+            f"the weights in {path} changed since these jobs were enqueued (fingerprint "
+            f"{found}, jobs keyed by {expected}): enqueue the run again to key it by the new "
+            "weights, or restore the old ones"
+        )
 
 
 class Worker:
