@@ -3,9 +3,10 @@
 A worker serves one engine (model, revision, dtype, attention, quantisation, max pixels) and
 claims only that engine's jobs. While a batch generates, the next one is claimed and prepared in
 the background (`egoqa.claimahead`). One heartbeat thread renews what it holds (both batches);
-SIGINT/SIGTERM release held jobs at once (never between a claim's commit and its recording,
-whichever thread the signal reaches or made the claim). The batch runner (`egoqa.batchrun`) and
-the recorder (`egoqa.recording`) do the rest.
+SIGINT/SIGTERM release held jobs at once: the handler only notes the signal, and the worker stops
+at its next safe point (before a claim, between two decode steps, in a wait, before recording),
+so a stop never lands inside a claim or a recording. The batch runner (`egoqa.batchrun`) and the
+recorder (`egoqa.recording`) do the rest.
 """
 
 from __future__ import annotations
@@ -163,8 +164,11 @@ class Worker:
         self.runner = BatchRunner(
             db, backend, decoder, self.sizer, recorder, self.stats, opts.decode_threads
         )
+        self.runner.stop = self.signals
+        if hasattr(backend, "should_stop"):
+            backend.should_stop = self.signals.is_set  # ends generation between decode steps
         self.ahead = (
-            ClaimAhead(self._claim, self.runner.prepare, self.heartbeat)
+            ClaimAhead(self._claim, self.runner.prepare, self.heartbeat, self.signals)
             if opts.claim_ahead
             else None
         )
@@ -185,7 +189,6 @@ class Worker:
         except StopRequested as stop:
             log.info("worker %s: stop requested (%s)", self.id, stop)
         finally:
-            self.signals.closing()
             if self.ahead is not None:
                 self.ahead.close()  # a claim in progress is held once this returns
             self.heartbeat.stop()
@@ -205,6 +208,7 @@ class Worker:
     def _loop(self) -> None:
         idle, last_reap = 0, 0.0
         while not self._enough():
+            self.signals.check()  # a safe point: nothing claimed and unheld
             if time.monotonic() - last_reap > self.opts.reap_every_s:
                 self._reap()
                 last_reap = time.monotonic()
@@ -223,7 +227,7 @@ class Worker:
             idle += 1
             self._idle_since = self._idle_since or time.monotonic()
             self._say_what_we_wait_for()
-            time.sleep(min(self.opts.idle_max_s, 0.05 * 2**idle))
+            self.signals.sleep(min(self.opts.idle_max_s, 0.05 * 2**idle))
 
     def _enough(self) -> bool:
         return self.opts.max_batches is not None and self.stats.batches >= self.opts.max_batches
@@ -236,9 +240,8 @@ class Worker:
             self.stats.claimed_ahead += 1
         else:
             self.sizer.measure()
-            with self.signals.critical():  # a stop must not land between COMMIT and the hold
-                claim = self._claim()
-                self.heartbeat.hold(claim)
+            claim = self._claim()  # a signal is only noted here: the hold always follows
+            self.heartbeat.hold(claim)
             batch = self.runner.prepare(claim) if claim.jobs else Batch(claim)
         self.stats.wait_s += time.perf_counter() - t0
         return batch
@@ -272,8 +275,7 @@ class Worker:
             score_items(self.db, job_ids=failed)
 
     def _finish(self, batch: Batch) -> None:
-        with self.signals.critical():
-            self.heartbeat.drop(batch.claim)
+        self.heartbeat.drop(batch.claim)
 
     def _release(self) -> None:
         """Give back every batch still held: the one running and the one claimed ahead."""
