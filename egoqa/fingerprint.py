@@ -9,8 +9,10 @@ under `FULL_BYTES`) hashed whole; a large file (the weights) by its size, its fi
 (a safetensors header: every tensor's name, dtype, shape and offsets) and `SAMPLES` blocks of
 `BLOCK_BYTES` spread evenly through it. Retrained or fine-tuned weights change every block
 sampled; an edit of a few bytes between the blocks of a file of the same size would go unseen
-(give such weights a new directory or a `revision`). Cost: about 4 MiB read per weight file
-(`bench/model_fingerprint.py` measures it).
+(give such weights a new directory or a `revision`). Cost: about 5 MiB read at 65 places per
+weight file, whatever its size (measured on 2 busy cores: 0.1-0.2 s for a 1 GiB file out of the
+page cache, so 0.6-1.1 s for a 7B model's five shards; the tiny model 30-100 ms), once per
+command: an unchanged directory (same names, sizes, times) is not read again.
 """
 
 from __future__ import annotations
