@@ -109,3 +109,12 @@ def enqueue_args(synth: SynthPaths, config: str = "demo", *extra: str) -> list[s
         config,
         *extra,
     ]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that uses the tiny model (directly or through another fixture) is marked
+    `model`, so `-m model` / `-m "not model"` select exactly the tests on the real transformers
+    path."""
+    for item in items:
+        if "tiny_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
