@@ -40,9 +40,9 @@ def _files(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
-def test_tiny_model_is_byte_identical_for_a_seed(tiny_model, tmp_path):
-    again = build_tiny_model(tmp_path / "again", seed=0)
-    assert _files(again) == _files(tiny_model)
+def test_another_seed_gives_other_weights(tiny_model, tmp_path):
+    """(The same seed gives the same bytes in every session: tests/test_fingerprint.py pins the
+    seed-0 build's fingerprint.)"""
     other = build_tiny_model(tmp_path / "other", seed=1)
     assert _files(other)["model.safetensors"] != _files(tiny_model)["model.safetensors"]
 
