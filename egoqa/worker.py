@@ -165,8 +165,6 @@ class Worker:
             db, backend, decoder, self.sizer, recorder, self.stats, opts.decode_threads
         )
         self.runner.stop = self.signals
-        if hasattr(backend, "should_stop"):
-            backend.should_stop = self.signals.is_set  # ends generation between decode steps
         self.ahead = (
             ClaimAhead(self._claim, self.runner.prepare, self.heartbeat, self.signals)
             if opts.claim_ahead
@@ -183,6 +181,11 @@ class Worker:
             self.db, self.id, self.served.engine, self.served.model, device, self.lease_s
         )
         self.signals.install()
+        # Generation ends between two decode steps once a stop arrived (given back on return:
+        # a backend may outlive this worker).
+        before = getattr(self.backend, "should_stop", None)
+        if before is not None:
+            self.backend.should_stop = self.signals.is_set
         self.heartbeat.start()
         try:
             self._loop()
@@ -194,6 +197,8 @@ class Worker:
             self.heartbeat.stop()
             self._sign_off()
             self.signals.restore()
+            if before is not None:
+                self.backend.should_stop = before
         return self.stats
 
     def _sign_off(self) -> None:
