@@ -119,9 +119,14 @@ class BatchRunner:
     stats: WorkerStats
     decode_threads: int = 1
     step_tokens: float = DECODE_STEP_TOKENS
+    stop: object | None = None  # egoqa.stopping.StopSignals: checked before and after generating
 
     def __post_init__(self) -> None:
         self._clips: dict[int, tuple[str, float, float]] = {}
+
+    def _check_stop(self) -> None:
+        if self.stop is not None:
+            self.stop.check()
 
     def run(self, batch: Batch) -> None:
         """Generate and record a prepared batch (main thread: every write happens here)."""
@@ -130,8 +135,12 @@ class BatchRunner:
             self.recorder.fail(claim, job_id, kind, message, retryable=retryable)
         outcomes: list[tuple[Prepared, object]] = []
         for items, encoded in zip(batch.groups, batch.encoded, strict=True):
+            self._check_stop()
             self.stats.add(generate_calls=1)
             self.generate_into(items[0].job.media_key, items, outcomes, encoded)
+        # The last safe point: a generation a stop cut short is never recorded. Once recording
+        # starts it finishes (a signal is only noted) and the stop waits for the next check.
+        self._check_stop()
         t1 = time.perf_counter()
         self.recorder.record(claim, outcomes)
         self.stats.add(record_s=time.perf_counter() - t1)

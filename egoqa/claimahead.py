@@ -2,8 +2,8 @@
 it (frames decoded, requests built, inputs encoded), so the device never waits on decoding or on
 the database between batches.
 
-Stop signals stay with the main thread (Python runs handlers there, whichever thread the kernel
-picked). A claim made here is handed to the heartbeat, under `lock`, before anything else
+Stop signals are the main thread's to act on: it waits for this thread in short slices and stops
+between them when a signal arrived (`egoqa.stopping`). A claim made here is handed to the heartbeat, under `lock`, before anything else
 happens, and `close` takes that lock: once it returns no claim is in flight and everything ever
 claimed is in the heartbeat's hands, for the worker to release. What the thread was preparing is
 simply dropped on a stop. A crash strands at most the two batches held.
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from egoqa.batchrun import Batch
 from egoqa.heartbeat import Heartbeat
+from egoqa.stopping import StopSignals
 from egoqa.store import queue
 
 
@@ -31,8 +32,10 @@ class _Slot:
         self.batch, self.error = batch, error
         self.ready.set()
 
-    def get(self) -> Batch | None:
-        self.ready.wait()  # a stop signal interrupts the wait in the main thread
+    def get(self, stop: StopSignals | None = None) -> Batch | None:
+        while not self.ready.wait(StopSignals.POLL_S):
+            if stop is not None:
+                stop.check()  # the claim (if any) is the heartbeat's, released on the stop
         if self.error is not None:
             raise self.error
         return self.batch
@@ -44,8 +47,10 @@ class ClaimAhead:
         claim: Callable[[], queue.Claim],
         prepare: Callable[[queue.Claim], Batch],
         heartbeat: Heartbeat,
+        stop: StopSignals | None = None,
     ) -> None:
         self._claim, self._prepare, self._heartbeat = claim, prepare, heartbeat
+        self._stop = stop
         self.lock = threading.Lock()  # held while a claim is made and handed to the heartbeat
         self._closed = False
         self._slot: _Slot | None = None
@@ -80,7 +85,7 @@ class ClaimAhead:
     def take(self) -> Batch | None:
         """The batch claimed ahead, once prepared; None when none was started or none was ready."""
         slot, self._slot = self._slot, None
-        return None if slot is None else slot.get()
+        return None if slot is None else slot.get(self._stop)
 
     def close(self) -> None:
         """No more claims; returns once a claim in progress is held by the heartbeat."""

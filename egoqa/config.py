@@ -244,11 +244,31 @@ class RunConfig(_Frozen):
             data["model"] = model
         if self.backend == "openai":
             data |= self.openai.identity()
-        return data
+        return with_weights(data)
+
+
+def with_weights(engine: dict[str, Any]) -> dict[str, Any]:
+    """The engine with `weights`, the fingerprint of its model's content, where the model is a
+    local directory (`egoqa.fingerprint`); a hub id is named by its id and revision instead."""
+    from egoqa.fingerprint import model_fingerprint
+
+    path = Path(engine["model"])
+    if path.is_absolute() and path.is_dir():
+        return {**engine, "weights": model_fingerprint(path)}
+    return engine
+
+
+def key_engine(engine: dict[str, Any]) -> dict[str, Any]:
+    """The engine as a job's key holds it: a local model by its fingerprint alone, so the same
+    weights in another directory share the cache and new weights in the same directory miss."""
+    if engine.get("weights"):
+        return {**engine, "model": None}
+    return engine
 
 
 def engine_id(engine: dict[str, Any]) -> str:
-    """A short, stable name for an engine (a hash of its canonical JSON)."""
+    """A short, stable name for an engine (a hash of its canonical JSON, the model's path and
+    fingerprint included: it names what a worker loads)."""
     text = json.dumps(engine, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

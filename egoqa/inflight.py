@@ -87,7 +87,7 @@ class InFlight:
         if not claim.jobs:
             return False
         w._idle_since, self.idle = None, 0
-        w.stats.batches += 1
+        w.stats.add(batches=1)
         batch = w.runner.prepare(claim)
         self.claims[claim.token] = claim
         self.open[claim.token] = set(claim.ids)
@@ -136,7 +136,7 @@ class InFlight:
             for job_id in job_ids:
                 del self.jobs[job_id]
                 self._closed(claim, job_id)
-        w.stats.record_s += time.perf_counter() - t0
+        w.stats.add(record_s=time.perf_counter() - t0)
 
     def _closed(self, claim: queue.Claim, job_id: int) -> None:
         """A job recorded; a claim with nothing left open is no longer held."""

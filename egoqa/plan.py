@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from egoqa import __version__, specjson
-from egoqa.config import RunConfig, SamplerConfig, engine_id, resolve_model_ref
+from egoqa.config import RunConfig, SamplerConfig, engine_id, key_engine, resolve_model_ref
 from egoqa.dataset import Clip, Dataset, Query, query_type
 from egoqa.errors import ConfigError, DatasetError
 from egoqa.prompts import TIMING_FIELDS, Style, Turn
@@ -54,6 +54,9 @@ def canonical(obj) -> str:
 
 
 def job_key(spec: dict) -> str:
+    """The hash of everything that decides a job's output (a local model by its content)."""
+    if "engine" in spec:
+        spec = {**spec, "engine": key_engine(spec["engine"])}
     return hashlib.sha256(canonical(spec).encode()).hexdigest()
 
 
@@ -163,19 +166,29 @@ def turn_spec(
     parent_keys: dict[str, str],
     window: list[float] | None = None,
     proposals: list[list[float]] | None = None,
+    engines: dict[str | None, dict] | None = None,
 ) -> dict:
-    """Everything that decides this turn's output (and nothing else): the key is its hash."""
+    """Everything that decides this turn's output (and nothing else): the key is its hash.
+    `engines` remembers each model's engine (its fingerprint) across calls."""
     media = media_spec(turn, config, clip, identity, parent_keys, query, window, proposals)
-    return {**turn_constants(turn, config), **_job_fields(turn, query, parent_keys, media)}
+    constants = turn_constants(turn, config, engines)
+    return {**constants, **_job_fields(turn, query, parent_keys, media)}
 
 
-def turn_constants(turn: Turn, config: RunConfig) -> dict:
-    """The fields of a turn's spec that are the same for every job of the turn."""
+def turn_constants(turn: Turn, config: RunConfig, engines: dict | None = None) -> dict:
+    """The fields of a turn's spec that are the same for every job of the turn; `engines`
+    caches each model's engine (a local model's fingerprint is read once)."""
+    engines = {} if engines is None else engines
+    if turn.model not in engines:
+        engines[turn.model] = config.engine(resolve_model_ref(turn.model) if turn.model else None)
     gen = config.generation.model_dump()
     if turn.max_new_tokens:
         gen["max_new_tokens"] = turn.max_new_tokens
+    engines = {} if engines is None else engines
+    if turn.model not in engines:
+        engines[turn.model] = config.engine(resolve_model_ref(turn.model) if turn.model else None)
     return {
-        "engine": config.engine(resolve_model_ref(turn.model) if turn.model else None),
+        "engine": engines[turn.model],
         "generation": gen,
         "system": turn.system or config.system_prompt,
         "template": turn.template,
@@ -264,8 +277,10 @@ class _TurnPlan:
             self.sampler = media.get("sampler")
             shared = {k: media[k] for k in ("kind", "sampler") if k in media}
             self.media_layout = specjson.Layout(shared, set(media) - set(shared))
+            # the key holds a local model by its fingerprint alone (`key_engine`), as `job_key` does
+            keyed = {**self.constants, "engine": key_engine(self.constants["engine"])}
             self.layouts = (
-                specjson.Layout(self.constants, fields),
+                specjson.Layout(keyed, fields),
                 specjson.Layout({**self.constants, **self.stored}, fields),
             )
             self.media_fields = media.keys() - shared.keys()
@@ -304,6 +319,7 @@ class _Planner:
         self.chains: list[tuple[int, list[str]]] = []  # (query id, key per turn)
         # A per-clip turn's spec is the same for every query on the clip: build it once per clip.
         self.clip_keys: dict[tuple[str, str], str] = {}
+        self.engines: dict[str | None, dict] = {}  # by a turn's model override
 
     def plan_query(self, clip: Clip, q: Query) -> None:
         qid = self.query_ids[(q.clip_uid, q.annotation_uid, q.query_idx)]

@@ -28,7 +28,8 @@ def counts(db: Database, engine: str | None) -> Counts:
 
 
 class ProgressView:
-    """Polls the database; draws a rich progress bar on a terminal, a line every 10 s otherwise."""
+    """Polls the database; draws a rich progress bar on a terminal, a line every 10 s otherwise
+    (and the final count as the display closes)."""
 
     def __init__(self, db: Database, engine: str | None, label: str | None, console) -> None:
         from rich.progress import (
@@ -44,6 +45,7 @@ class ProgressView:
         first = counts(db, engine)
         self.base = first.finished
         self.last_line = 0.0
+        self.last_text = ""
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -68,14 +70,15 @@ class ProgressView:
         self.progress.update(
             self.task, total=c.total, completed=c.finished, rate=f"{rate:.2f} jobs/s", failed=failed
         )
-        if not self.console.is_terminal and (final or time.time() - self.last_line > 10):
-            self.last_line = time.time()
-            self.console.print(
-                f"{c.finished}/{c.total} jobs ({c.failed} failed), {rate:.2f} jobs/s"
-            )
+        text = f"{c.finished}/{c.total} jobs ({c.failed} failed)"
+        due = time.time() - self.last_line > 10 or (final and text != self.last_text)
+        if not self.console.is_terminal and due:
+            self.last_line, self.last_text = time.time(), text
+            self.console.print(f"{text}, {rate:.2f} jobs/s")
         return c
 
     def close(self) -> Counts:
-        c = self.tick(final=True)  # without a terminal, the last line says how it ended
+        """The last count, shown (in a log too, where the count changed since its last line)."""
+        c = self.tick(final=True)
         self.progress.stop()
         return c

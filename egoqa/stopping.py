@@ -1,11 +1,10 @@
-"""Stop signals for a worker: SIGINT/SIGTERM stop it, but never inside a critical section.
+"""Stop signals for a worker: SIGINT/SIGTERM stop it, at a point where stopping is safe.
 
-Python runs signal handlers in the main thread, whichever thread the kernel delivered the signal
-to, so masking signals in the main thread (`pthread_sigmask`) does not keep a handler from
-running while a claim is being made and recorded: with any other thread alive the kernel hands
-the signal to that thread and the main thread runs the handler anyway. Here the handler itself
-defers: inside `critical()` it only notes the signal, and the stop is raised as the section ends,
-when the claimed jobs are recorded and can be released.
+Python runs signal handlers in the main thread between two bytecodes, whichever thread the kernel
+delivered the signal to. A handler that raised there could land anywhere: between a claim's
+COMMIT and the heartbeat taking the batch, between a lock's acquire and its `try`, inside a
+finaliser or a library's `except BaseException` that swallowed it (a stop then went unnoticed).
+So the handler only notes the signal, and the worker checks for it at safe points.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from contextlib import contextmanager
+import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SUPERVISOR_ENV = "EGOQA_SUPERVISOR_PID"
@@ -58,7 +57,8 @@ def orphaned() -> bool:
 
 
 class StopRequested(BaseException):
-    """Raised in the main thread by SIGINT/SIGTERM: abandon the batch, release, exit."""
+    """Raised by the worker itself, at a safe point, once SIGINT/SIGTERM arrived: abandon the
+    batch, release, exit."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -66,13 +66,16 @@ class StopRequested(BaseException):
 
 
 class StopSignals:
-    """Installs the handlers; `critical()` sections finish before a stop is raised."""
+    """Installs the handlers. A handler only notes the signal; the worker acts on it at safe
+    points (`check`): before a claim, between decode steps (`is_set`, read by the backend's
+    stopping criterion), in its bounded waits (`sleep`), and before a batch is recorded. So a
+    stop never lands inside a claim, a recording, a lock or a finaliser, whichever thread made
+    the claim and whichever thread the kernel handed the signal to."""
+
+    POLL_S = 0.05  # how often a wait looks for a stop
 
     def __init__(self) -> None:
         self.received: int | None = None  # the signal that stopped us (for the exit status)
-        self._depth = 0
-        self._pending: int | None = None
-        self._closing = False
         self._old: dict = {}
 
     def install(self) -> None:
@@ -86,29 +89,31 @@ class StopSignals:
         self._old = {}
 
     def _handler(self, signum: int, _frame) -> None:
-        self.received = signum
-        if self._closing:  # already stopping: let the release finish
-            return
-        if self._depth:
-            self._pending = signum
-            return
-        raise StopRequested(signum)
+        # Nothing but an assignment: no lock taken, nothing raised, safe at any bytecode.
+        if self.received is None:
+            self.received = signum
 
-    @contextmanager
-    def critical(self):
-        """A section a stop must not interrupt (a claim being made and recorded)."""
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if not self._depth and self._pending is not None:
-                signum, self._pending = self._pending, None
-                raise StopRequested(signum)
+    def request(self, signum: int) -> None:
+        """Ask for a stop as the signal `signum` would (from any thread)."""
+        self._handler(signum, None)
 
-    def closing(self) -> None:
-        """From now on a signal is only noted: the worker is already releasing and stopping."""
-        self._closing = True
+    def is_set(self) -> bool:
+        return self.received is not None
+
+    def check(self) -> None:
+        """A safe point: raise `StopRequested` if a stop signal arrived."""
+        if self.received is not None:
+            raise StopRequested(self.received)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to `seconds`, ending early (with `StopRequested`) on a stop signal."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, self.POLL_S))
 
     @property
     def exit_code(self) -> int:

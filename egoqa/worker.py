@@ -3,9 +3,10 @@
 A worker serves one engine (model, revision, dtype, attention, quantisation, max pixels) and
 claims only that engine's jobs. While a batch generates, the next one is claimed and prepared in
 the background (`egoqa.claimahead`). One heartbeat thread renews what it holds (both batches);
-SIGINT/SIGTERM release held jobs at once (never between a claim's commit and its recording,
-whichever thread the signal reaches or made the claim). The batch runner (`egoqa.batchrun`) and
-the recorder (`egoqa.recording`) do the rest.
+SIGINT/SIGTERM release held jobs at once: the handler only notes the signal, and the worker stops
+at its next safe point (before a claim, between two decode steps, in a wait, before recording),
+so a stop never lands inside a claim or a recording. The batch runner (`egoqa.batchrun`) and the
+recorder (`egoqa.recording`) do the rest.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def load_backend_for(served: Served, device: str) -> Backend:
         backend.check()
         return backend
     check_model_path(engine["model"])  # before the backend imports torch
+    check_weights(engine)
     return load_backend(
         "transformers",
         model=engine["model"],
@@ -158,6 +160,23 @@ def load_backend_for(served: Served, device: str) -> Backend:
         device=device,
         device_map=served.config.device_map,
     )
+
+
+def check_weights(engine: dict) -> None:
+    """Refuse to serve jobs keyed by weights the model's directory no longer holds: their
+    answers would be stored under the old weights' keys."""
+    from egoqa.fingerprint import model_fingerprint
+
+    expected, path = engine.get("weights"), engine["model"]
+    if not expected or not os.path.isdir(path):
+        return
+    found = model_fingerprint(path)
+    if found != expected:
+        raise EgoqaError(
+            f"the weights in {path} changed since these jobs were enqueued (fingerprint "
+            f"{found}, jobs keyed by {expected}): enqueue the run again to key it by the new "
+            "weights, or restore the old ones"
+        )
 
 
 class Worker:
@@ -178,10 +197,11 @@ class Worker:
         self.runner = BatchRunner(
             db, backend, decoder, self.sizer, recorder, self.stats, opts.decode_threads
         )
+        self.runner.stop = self.signals
         # A server engine keeps its requests in flight instead (`egoqa.inflight`).
         self.streams = hasattr(backend, "submit")
         self.ahead = (
-            ClaimAhead(self._claim, self.runner.prepare, self.heartbeat)
+            ClaimAhead(self._claim, self.runner.prepare, self.heartbeat, self.signals)
             if opts.claim_ahead and not self.streams
             else None
         )
@@ -196,6 +216,11 @@ class Worker:
             self.db, self.id, self.served.engine, self.served.model, device, self.lease_s
         )
         self.signals.install()
+        # Generation ends between two decode steps once a stop arrived (given back on return:
+        # a backend may outlive this worker).
+        before = getattr(self.backend, "should_stop", None)
+        if before is not None:
+            self.backend.should_stop = self.signals.is_set
         self.heartbeat.start()
         try:
             if self.streams:
@@ -207,12 +232,13 @@ class Worker:
         except StopRequested as stop:
             log.info("worker %s: stop requested (%s)", self.id, stop)
         finally:
-            self.signals.closing()
             if self.ahead is not None:
                 self.ahead.close()  # a claim in progress is held once this returns
             self.heartbeat.stop()
             self._sign_off()
             self.signals.restore()
+            if before is not None:
+                self.backend.should_stop = before
         return self.stats
 
     def _sign_off(self) -> None:
@@ -227,6 +253,7 @@ class Worker:
     def _loop(self) -> None:
         idle, last_reap = 0, 0.0
         while not self._enough():
+            self.signals.check()  # a safe point: nothing claimed and unheld
             if time.monotonic() - last_reap > self.opts.reap_every_s:
                 self._reap()
                 last_reap = time.monotonic()
@@ -245,7 +272,7 @@ class Worker:
             idle += 1
             self._idle_since = self._idle_since or time.monotonic()
             self._say_what_we_wait_for()
-            time.sleep(min(self.opts.idle_max_s, 0.05 * 2**idle))
+            self.signals.sleep(min(self.opts.idle_max_s, 0.05 * 2**idle))
 
     def _enough(self) -> bool:
         return self.opts.max_batches is not None and self.stats.batches >= self.opts.max_batches
@@ -258,9 +285,8 @@ class Worker:
             self.stats.add(claimed_ahead=1)
         else:
             self.sizer.measure()
-            with self.signals.critical():  # a stop must not land between COMMIT and the hold
-                claim = self._claim()
-                self.heartbeat.hold(claim)
+            claim = self._claim()  # a signal is only noted here: the hold always follows
+            self.heartbeat.hold(claim)
             batch = self.runner.prepare(claim) if claim.jobs else Batch(claim)
         self.stats.add(wait_s=time.perf_counter() - t0)
         return batch
@@ -294,8 +320,7 @@ class Worker:
             score_items(self.db, job_ids=failed)
 
     def _finish(self, batch: Batch) -> None:
-        with self.signals.critical():
-            self.heartbeat.drop(batch.claim)
+        self.heartbeat.drop(batch.claim)
 
     def _release(self) -> None:
         """Give back every batch still held: the one running and the one claimed ahead."""

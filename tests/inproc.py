@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,6 +33,12 @@ class InProcess:
         out, err = io.StringIO(), io.StringIO()
         code = 0
         cwd = Path.cwd()
+        # The command's log lines go to its stderr, as in a process of its own (under pytest the
+        # root logger already has handlers, so the command's basicConfig adds none).
+        logs = logging.StreamHandler(err)
+        logs.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        levels = {name: logging.getLogger(name).level for name in ("", "egoqa", "alembic")}
         with (
             mock.patch.object(sys, "argv", argv),
             mock.patch.dict(os.environ, env or {}),
@@ -39,11 +46,15 @@ class InProcess:
             redirect_stderr(err),
         ):
             os.chdir(self.cwd)
+            root.addHandler(logs)
             try:
                 main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             finally:
+                root.removeHandler(logs)
+                for name, level in levels.items():
+                    logging.getLogger(name).setLevel(level)
                 os.chdir(cwd)
         proc = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
         if check and code != 0:

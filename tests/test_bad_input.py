@@ -15,7 +15,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -349,9 +348,7 @@ def test_a_model_path_that_does_not_exist_stops_the_worker_with_one_line(cli, db
 @pytest.mark.slow
 def test_the_supervisor_does_not_restart_workers_that_cannot_load_the_model(cli, db, pristine):
     before = enqueue_missing_model(cli, pristine)
-    t0 = time.monotonic()
     p = cli("work", "--workers", "2", "--device", "cpu", "--until-done", check=False, timeout=120)
-    assert time.monotonic() - t0 < 60  # no restart loop
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3, p.stderr  # one per child, one from the supervisor

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import typer
@@ -29,12 +28,10 @@ def light_check(args: list[str]) -> list[str]:
     return out.stdout.split()
 
 
-def test_help_is_fast_and_imports_nothing_heavy(cli):
-    t0 = time.perf_counter()
+def test_help_imports_nothing_heavy(cli):
+    """Fast because nothing heavy is imported: checked by what is imported, not by a clock."""
     p = cli("--help", db=False)
-    elapsed = time.perf_counter() - t0
     assert "enqueue" in p.stdout and "work" in p.stdout and "report" in p.stdout
-    assert elapsed < 3.0  # a generous bound for a subprocess on a loaded 2-core machine
     assert light_check(["--help"]) == []
 
 

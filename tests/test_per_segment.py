@@ -170,11 +170,13 @@ def test_per_segment_calls_on_the_tiny_model_are_the_same_in_any_batch(tmp_path,
         backend = backend or load_backend_for(served, "cpu")
         stats = Worker(db, served, backend, WorkerOptions(batch_size=size, until_done=True)).run()
         answers = _answers(db)
-        assert stats.done + stats.failed == len(answers) == 2
+        # the tiny model is the same bytes every session, keyed by its content: its sampled
+        # answers, and so the outcomes, are the same in every session too
+        assert (stats.done, stats.failed) == (len(answers), 0) == (2, 0)
         for answer in answers:
-            if answer["state"] == "done":  # random weights may end both calls at once
-                _check_calls(answer)
-                assert answer["visual_tokens"] > 0
+            assert answer["state"] == "done"
+            _check_calls(answer)
+            assert answer["visual_tokens"] > 0
         runs.append([(a["state"], a["response"], a["prompt"]) for a in answers])
         if size == 8:  # both jobs' two calls shared one batch
             assert max(a["batch_size"] or 0 for a in answers) == 4

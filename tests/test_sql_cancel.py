@@ -4,6 +4,7 @@ subprocess running a real endless recursive query."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -89,3 +90,26 @@ def test_timeout_cancels_an_endless_statement_with_one_line(url, tmp_path):
     line = one_error(p.stderr)
     assert line.startswith("error: the statement ran longer than --timeout 0.5 s and was cancelled")
     assert "narrow it (WHERE, LIMIT) or give it more time" in line
+
+
+def test_ctrl_c_as_the_statement_starts_still_cancels_and_says_so(url, tmp_path, monkeypatch):
+    """Ctrl-C arriving as the statement's thread starts (a busy machine can hold the main
+    thread there while the statement begins) is acted on like any other."""
+    from egoqa.store import statement
+
+    real_start = threading.Thread.start
+
+    def start_then_ctrl_c(self):
+        real_start(self)
+        if self.name == "egoqa-sql":
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # bytecodes for the handler to run on, inside start()
+                pass
+
+    monkeypatch.setattr(statement.threading.Thread, "start", start_then_ctrl_c)
+    p = InProcess(url, tmp_path)("sql", ENDLESS, check=False)
+    assert p.returncode == 130, p.stderr
+    assert (
+        one_error(p.stderr)
+        == "error: interrupted: the statement was cancelled; nothing was changed"
+    )

@@ -128,10 +128,18 @@ def test_hostile_statements_are_refused_and_change_nothing(upgraded, postgres_se
 
 
 def test_reset_role_cannot_climb_back_to_the_urls_role(upgraded):
+    # The role logs in as itself (no SET ROLE to undo): a reset is accepted and changes nothing,
+    # within its statement (set_config is what RESET ROLE does) or after it.
     for stmt in ("RESET ROLE", "RESET SESSION AUTHORIZATION"):
-        egoqa(upgraded, "sql", stmt)
-        out = egoqa(upgraded, "sql", "SELECT current_user AS u", "--json")
-        assert json.loads(out.stdout)[0]["u"].startswith("egoqa_sql_")
+        reset = egoqa(upgraded, "sql", stmt)
+        assert (reset.returncode, reset.stderr) == (0, ""), reset.stderr
+    same = "SELECT set_config('role', 'none', false) AS r, current_user AS u, session_user AS s"
+    out = egoqa(upgraded, "sql", same, "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row["u"].startswith("egoqa_sql_") and row["s"] == row["u"], row
+    out = egoqa(upgraded, "sql", "SELECT current_user AS u", "--json")
+    assert json.loads(out.stdout)[0]["u"].startswith("egoqa_sql_")
 
 
 def test_sql_refuses_in_one_line_when_no_read_only_role_can_be_made(postgres_server):  # noqa: F811

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from egoqa.synth import write_synth_dataset
 from egoqa.zoomplan import decide
 
 from conftest import Cli
+from helpers import wait_until
 
 ORACLE = "[oracle zoom: the ground truth chose each window]"
 STYLE = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
@@ -149,17 +149,16 @@ def test_a_worker_killed_mid_zoom_loses_no_level_and_repeats_none(tmp_path, cut_
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     enqueue(cli, cut_data)
     db = open_db(tmp_path / "egoqa.db")
+
+    def level_held() -> int:
+        with db.read() as cur:
+            return cur.one(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND turn_name = 'locate'"
+            )
+
     for _ in range(3):  # kill while a level is held, three times
         proc = cli.popen("work", "--batch-size", "1", env={"EGOQA_FAKE_DELAY_S": "0.5"})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with db.read() as cur:
-                held = cur.one(
-                    "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND turn_name = 'locate'"
-                )
-            if held:
-                break
-            time.sleep(0.02)
+        wait_until(level_held, 120, "a zoom level to be held")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     cli("work", "--until-done", timeout=600)  # the dead worker's jobs are released at once
@@ -287,9 +286,8 @@ def test_the_recursive_style_runs_on_the_tiny_model_and_ends_each_zoom_with_a_re
     cli("work", "--until-done", timeout=900)
     all_jobs = jobs(tmp_path / "egoqa.db")
     locate = [j for j in all_jobs if j["turn_name"] == "locate"]
-    assert locate and all(j["note"] is not None for j in locate if j["state"] == "done")
-    assert {j["stop_reason"] for j in locate if j["state"] == "done"} <= {
-        "no_verdict", "nothing_relevant", None
-    }  # fmt: skip
+    assert locate and {j["state"] for j in locate} == {"done"}, locate
+    assert all(j["note"] is not None for j in locate)
+    assert {j["stop_reason"] for j in locate} <= {"no_verdict", "nothing_relevant"}
     answers = [j for j in all_jobs if j["turn_name"] == "answer"]
     assert answers, "no answer turn was planned after the zooms"

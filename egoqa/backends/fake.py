@@ -47,6 +47,7 @@ class FakeBackend:
         self.oom_above = oom_above
         self.fail_every = fail_every
         self.calls = 0
+        self.should_stop = _never  # set by a worker: its delay ends early on a stop
 
     def generate(self, requests: list[Request]) -> list[Result]:
         self.calls += 1
@@ -59,7 +60,9 @@ class FakeBackend:
             raise RuntimeError(f"fake backend failure on call {self.calls} (fail_every)")
         start = time.perf_counter()
         if self.delay_s:
-            time.sleep(self.delay_s)
+            deadline = start + self.delay_s
+            while not self.should_stop() and time.perf_counter() < deadline:
+                time.sleep(min(0.05, max(0.0, deadline - time.perf_counter())))
         results = [_result(request, len(requests)) for request in requests]
         latency = time.perf_counter() - start
         for result in results:
@@ -71,6 +74,10 @@ class FakeBackend:
 
     def clear_memory(self) -> None:
         return None
+
+
+def _never() -> bool:
+    return False
 
 
 _NUMBERED = re.compile(r"^(\d+)\. (\S+) - (\S+):\s*$", re.MULTILINE)

@@ -23,6 +23,7 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")  # read before qwen
 import torch  # noqa: E402
 from qwen_vl_utils import process_vision_info  # noqa: E402
 from qwen_vl_utils.vision_process import smart_resize  # noqa: E402
+from transformers import StoppingCriteria  # noqa: E402
 
 from egoqa.backends import loading  # noqa: E402
 from egoqa.backends.base import Frames, Request, Result, sample_seed  # noqa: E402
@@ -131,6 +132,7 @@ class TransformersBackend:
 
     def _wrap(self, name, model, processor, min_pixels, max_pixels, quantization) -> None:
         self.model_id = name
+        self.should_stop = _never  # a worker sets its stop check: generation ends between steps
         self.min_pixels = min_pixels or DEFAULT_MIN_PIXELS
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         if self.max_pixels < self.min_pixels:
@@ -226,7 +228,10 @@ class TransformersBackend:
             processors.append(SeededSampling(seeds, settings, self.model.device))
         with torch.inference_mode():
             sequences = self.model.generate(
-                **inputs, generation_config=config, logits_processor=processors
+                **inputs,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=[_StopRequested(self.should_stop)],
             )
         prompt_len = inputs["input_ids"].shape[1]
         generated = sequences[:, prompt_len:].tolist()
@@ -451,4 +456,21 @@ def _inject_oom(batch: int) -> None:
     if batch > limit:
         raise torch.cuda.OutOfMemoryError(
             f"CUDA out of memory (injected by {INJECT_OOM_ENV}={limit} for a batch of {batch})"
+        )
+
+
+def _never() -> bool:
+    return False
+
+
+class _StopRequested(StoppingCriteria):
+    """Ends every row's generation at the next decode step once the worker was asked to stop
+    (its answers are then discarded, never recorded)."""
+
+    def __init__(self, should_stop) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full(
+            (input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device
         )

@@ -10,8 +10,10 @@ even if this process dies) and waits for the helper to let go of the connection.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from egoqa.errors import Interrupted, StatementTimeout
@@ -81,13 +83,20 @@ def run_statement(
         target=running.run, args=(db, statement, timeout_s), name="egoqa-sql", daemon=True
     )
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    thread.start()
-    try:
-        while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
-            thread.join(_POLL_S)
-    except KeyboardInterrupt:
-        _stop(thread, running)
-        raise Interrupted("interrupted: the statement was cancelled; nothing was changed") from None
+    with _ctrl_c_noted() as interrupted:
+        try:
+            thread.start()
+            while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+                if interrupted():
+                    raise KeyboardInterrupt
+                thread.join(_POLL_S)
+            if interrupted():
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            _stop(thread, running)
+            raise Interrupted(
+                "interrupted: the statement was cancelled; nothing was changed"
+            ) from None
     if thread.is_alive() or _timed_out(running.error):
         _stop(thread, running)
         if timeout_s is None:  # the server's own limit: the read-only role's statement_timeout
@@ -102,6 +111,22 @@ def run_statement(
     if running.error is not None:
         raise running.error
     return running.columns, running.rows
+
+
+@contextmanager
+def _ctrl_c_noted():
+    """While the statement runs, Ctrl-C is only noted (the wait loop acts on it). Raised as
+    KeyboardInterrupt it could land anywhere, before the loop's `try` included, and the
+    command then exited 130 without cancelling or saying so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # no signal reaches this thread's code
+        return
+    noted: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, _frame: noted.append(signum))
+    try:
+        yield lambda: bool(noted)
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _timed_out(error: BaseException | None) -> bool:
