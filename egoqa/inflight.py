@@ -55,6 +55,7 @@ class InFlight:
         # and claims come in chunks of at least half `concurrency` (one transaction for many).
         target, chunk = 3 * self.backend.concurrency, max(1, self.backend.concurrency // 2)
         while True:
+            w.signals.check()  # a safe point: nothing is between a claim and its hold here
             if time.monotonic() - last_reap > w.opts.reap_every_s:
                 w._reap()
                 last_reap = time.monotonic()
@@ -63,7 +64,7 @@ class InFlight:
             if target - sent >= chunk and not w._enough():
                 claimed = self._claim_and_send(target - sent)
             if self.requests:
-                self._take(timeout=0.5)
+                self._take(timeout=w.signals.POLL_S * 4)  # short: a stop is looked for each time
                 continue
             if claimed:
                 continue
@@ -76,14 +77,14 @@ class InFlight:
         self.idle += 1
         w._idle_since = w._idle_since or time.monotonic()
         w._say_what_we_wait_for()
-        time.sleep(min(w.opts.idle_max_s, 0.05 * 2**self.idle))
+        w.signals.sleep(min(w.opts.idle_max_s, 0.05 * 2**self.idle))
 
     def _claim_and_send(self, free: int) -> bool:
         """Claim up to `free` jobs, prepare them and send their requests; False when none."""
         w = self.w
-        with w.signals.critical():  # a stop must not land between COMMIT and the hold
-            claim = queue.claim(w.db, w.id, w.served.engine, free, w.lease_s)
-            w.heartbeat.hold(claim)
+        # A stop signal only notes itself (`StopSignals`): nothing lands between COMMIT and hold.
+        claim = queue.claim(w.db, w.id, w.served.engine, free, w.lease_s)
+        w.heartbeat.hold(claim)
         if not claim.jobs:
             return False
         w._idle_since, self.idle = None, 0
@@ -91,10 +92,9 @@ class InFlight:
         batch = w.runner.prepare(claim)
         self.claims[claim.token] = claim
         self.open[claim.token] = set(claim.ids)
-        with w.signals.critical():
-            for job_id, kind, message, retryable in batch.failed:
-                w.runner.recorder.fail(claim, job_id, kind, message, retryable=retryable)
-                self._closed(claim, job_id)
+        for job_id, kind, message, retryable in batch.failed:
+            w.runner.recorder.fail(claim, job_id, kind, message, retryable=retryable)
+            self._closed(claim, job_id)
         for items in batch.groups:
             for item in items:
                 job = self.jobs.setdefault(item.job.id, _Job(claim, []))
@@ -131,11 +131,10 @@ class InFlight:
             for i in range(len(job.parts))
         ]
         t0 = time.perf_counter()
-        with w.signals.critical():
-            w.runner.recorder.record(claim, outcomes)
-            for job_id in job_ids:
-                del self.jobs[job_id]
-                self._closed(claim, job_id)
+        w.runner.recorder.record(claim, outcomes)
+        for job_id in job_ids:
+            del self.jobs[job_id]
+            self._closed(claim, job_id)
         w.stats.add(record_s=time.perf_counter() - t0)
 
     def _closed(self, claim: queue.Claim, job_id: int) -> None:
