@@ -71,7 +71,8 @@ def test_an_oracle_zoom_over_queries_without_ground_truth_is_refused_at_enqueue(
 def two_engines(cli, data, tmp_path) -> dict[str, str]:
     """Runs `a` and `b` of the fake backend under two local model folders; model -> engine."""
     for name in ("alpha", "beta"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir()  # other content: a local model is keyed by what it holds
+        (tmp_path / name / "config.json").write_text(f'{{"name": "{name}"}}')
         enqueue(cli, data, "--set", "backend=fake", "--set", f"model={name}", "--run", name)
     engines = cli.json("status")["engines"]
     return {Path(e["model"]).name: e["engine"] for e in engines}
