@@ -160,3 +160,16 @@ def open_database(create: bool = False, readonly: bool = False):
     from egoqa.store.db import open_db
 
     return open_db(STATE.db, create=create, readonly=readonly)
+
+
+def echo_finished_run(plan, source: str, as_json: bool) -> None:
+    """What a run needing no model (a prior, a proposal set) says once written and scored."""
+    if as_json:
+        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(plan.skipped.items())) or "none"
+    typer.echo(
+        f"run {plan.run}: {plan.queries} queries on {plan.clips} clips (skipped: {skipped})\n"
+        f"{source}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
+        f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
+    )

@@ -4,13 +4,12 @@ imported inside the commands: it imports this module while it is being built."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from egoqa.cli_common import PlainFlagsGroup, VerboseOpt
+from egoqa.cli_common import PlainFlagsGroup, VerboseOpt, echo_finished_run
 
 proposals_app = typer.Typer(
     cls=PlainFlagsGroup,
@@ -58,15 +57,7 @@ def enqueue_proposals(
     dataset = load_nlq(annotations, videos, metadata, limit=limit)
     db = open_database(create=True)
     plan = enqueue_baseline(db, dataset, name, run or config, str(annotations))
-    if as_json:
-        typer.echo(json.dumps(plan.to_dict(), indent=2))
-        return
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(plan.skipped.items())) or "none"
-    typer.echo(
-        f"run {plan.run}: {plan.queries} queries on {plan.clips} clips (skipped: {skipped})\n"
-        f"{config}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
-        f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
-    )
+    echo_finished_run(plan, config, as_json)
 
 
 def register(app: typer.Typer) -> None:

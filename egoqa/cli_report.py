@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from egoqa.cli_common import VerboseOpt
+from egoqa.cli_common import VerboseOpt, echo_finished_run
 
 RunName = Annotated[str, typer.Option("--run", help="The run (see `egoqa runs`).")]
 
@@ -302,15 +302,7 @@ def enqueue_prior(
     dataset = load_nlq(annotations, videos, metadata, limit=limit)
     name = run or config
     plan = enqueue_prior_run(open_database(create=True), dataset, prior, name, str(annotations))
-    if as_json:
-        typer.echo(json.dumps(plan.to_dict(), indent=2))
-        return
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(plan.skipped.items())) or "none"
-    typer.echo(
-        f"run {plan.run}: {plan.queries} queries on {plan.clips} clips (skipped: {skipped})\n"
-        f"{prior.model}: {plan.jobs_new} predictions written, {plan.jobs_reused} already there; "
-        f"scored now, no worker needed — see `egoqa report --run {plan.run}`"
-    )
+    echo_finished_run(plan, prior.model, as_json)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -164,23 +164,42 @@ def predictions(prior: Prior, dataset: Dataset) -> list[Prediction]:
 
 def enqueue_prior_run(db, dataset: Dataset, prior: Prior, run: str, annotations: str | None):
     """Write the run, its clips and queries, and its predictions as done jobs; score them."""
+    return write_finished_run(db, dataset, prior, run, annotations, predictions(prior, dataset))
+
+
+def write_finished_run(
+    db,
+    dataset: Dataset,
+    baseline,
+    run: str,
+    annotations: str | None,
+    preds,
+    *,
+    turn: str = TURN,
+    record_source: bool = False,
+):
+    """A run needing no model (a prior, an imported proposal set): its clips and queries, its
+    predictions as done jobs of one `turn`, scored now; with `record_source`, the annotation
+    file's skipped records too (what `export` writes as misses)."""
     from egoqa.plan import PlanReport, _clip_rows, _query_rows, video_identity
     from egoqa.scoring import score_items
-    from egoqa.store import catalog
+    from egoqa.store import catalog, skips
     from egoqa.store import priors as store
 
     used = {q.clip_uid for q in dataset.queries}
     clips = [c for uid, c in dataset.clips.items() if uid in used]
     identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
-    preds = predictions(prior, dataset)
     with db.write() as cur:
-        run_id = store.ensure_run(cur, run, prior, annotations)
+        run_id = store.ensure_run(cur, run, baseline, annotations)
         clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
         query_ids = catalog.upsert_queries(
             cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
         )
-        new, job_ids = store.insert_done_jobs(cur, preds, clip_ids, query_ids, prior.model)
-        store.write_items(cur, run_id, [query_ids[_ids(p.query)] for p in preds], job_ids, TURN)
+        new, job_ids = store.insert_done_jobs(cur, preds, clip_ids, query_ids, baseline.model)
+        store.write_items(cur, run_id, [query_ids[_ids(p.query)] for p in preds], job_ids, turn)
+        if record_source and annotations is not None:
+            source = str(Path(annotations).resolve())
+            skips.record_source(cur, run_id, source, len(dataset.queries), dataset.skipped)
     score_items(db, run=run)
     return PlanReport(
         run=run,
@@ -190,7 +209,7 @@ def enqueue_prior_run(db, dataset: Dataset, prior: Prior, run: str, annotations:
         jobs_new=new,
         jobs_reused=len(preds) - new,
         jobs_total=len(preds),
-        per_turn={TURN: len(preds)},
+        per_turn={turn: len(preds)},
     )
 
 

@@ -201,37 +201,12 @@ def predictions(base: ProposalsBaseline, dataset: Dataset, windows: Windows) -> 
 
 def enqueue_baseline(db: Database, dataset: Dataset, name: str, run: str, annotations: str):
     """Write the run of the set as it is: its windows as done jobs, scored now; skips recorded."""
-    from egoqa.plan import PlanReport, _clip_rows, _query_rows, video_identity
-    from egoqa.scoring import score_items
-    from egoqa.store import catalog, skips
-    from egoqa.store import priors as jobs
+    from egoqa.priors import write_finished_run
 
     windows = load(db, name)
     dataset = restrict(dataset, windows, name, annotations)
     base = ProposalsBaseline(name, annotations)
-    used = {q.clip_uid for q in dataset.queries}
-    clips = [c for uid, c in dataset.clips.items() if uid in used]
-    identities = {c.clip_uid: video_identity(c.video_path) for c in clips}
     preds = predictions(base, dataset, windows)
-    with db.write() as cur:
-        run_id = jobs.ensure_run(cur, run, base, annotations)
-        clip_ids = catalog.upsert_clips(cur, _clip_rows(clips, identities))
-        query_ids = catalog.upsert_queries(
-            cur, _query_rows(dataset.queries, clip_ids, dataset.clips)
-        )
-        new, job_ids = jobs.insert_done_jobs(cur, preds, clip_ids, query_ids, base.model)
-        items = [query_ids[_ids(p.query)] for p in preds]
-        jobs.write_items(cur, run_id, items, job_ids, TURN)
-        source = str(Path(annotations).resolve())
-        skips.record_source(cur, run_id, source, len(dataset.queries), dataset.skipped)
-    score_items(db, run=run)
-    return PlanReport(
-        run=run,
-        queries=len(preds),
-        skipped=dataset.skipped_counts(),
-        clips=len(clips),
-        jobs_new=new,
-        jobs_reused=len(preds) - new,
-        jobs_total=len(preds),
-        per_turn={TURN: len(preds)},
+    return write_finished_run(
+        db, dataset, base, run, annotations, preds, turn=TURN, record_source=True
     )
