@@ -18,7 +18,7 @@ from test_bad_input import error_line
 from egoqa.cli import app
 from egoqa.synth import SynthPaths, write_synth_dataset
 
-from conftest import Cli, copy_db
+from conftest import copy_db
 
 FAKE = ("--set", "backend=fake")
 
@@ -121,8 +121,9 @@ def worked(data, tmp_path_factory) -> tuple[Path, str]:
     """A run `baseline` done by `egoqa work` at default verbosity: the database, and the
     worker's stderr."""
     root = tmp_path_factory.mktemp("worked")
-    InProcess(root / "egoqa.db", root)(*enqueue_args(data))
-    return root / "egoqa.db", Cli(root / "egoqa.db", root)("work", "--until-done").stderr
+    egoqa = InProcess(root / "egoqa.db", root)
+    egoqa(*enqueue_args(data))
+    return root / "egoqa.db", egoqa("work", "--until-done").stderr
 
 
 def test_work_is_quiet_by_default_and_verbose_with_v_after_the_subcommand(
@@ -133,8 +134,9 @@ def test_work_is_quiet_by_default_and_verbose_with_v_after_the_subcommand(
     assert re.search(r"^2/2 jobs \(0 failed\)", quiet, re.M), quiet  # the progress display
     assert "worker: 2 done, 0 failed" in quiet  # and the summary
     copy_db(worked[0], db_path)
-    InProcess(db_path, tmp_path)(*enqueue_args(data, "--run", "b", "--set", "generation.seed=1"))
-    loud = Cli(db_path, tmp_path)("work", "-v", "--until-done").stderr
+    egoqa = InProcess(db_path, tmp_path)
+    egoqa(*enqueue_args(data, "--run", "b", "--set", "generation.seed=1"))
+    loud = egoqa("work", "-v", "--until-done").stderr
     assert re.search(r" INFO egoqa\.worker: job \d+ done", loud), loud
 
 
