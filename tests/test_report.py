@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from inproc import InProcess
 
 from egoqa.evaluate import (
     best_of_n,
@@ -68,9 +69,9 @@ def _expected(best: bool = False) -> dict:
     return summarize(rows)
 
 
-def _build_hand_run(cli: Cli, synth, db_path: Path, style: Path) -> None:
+def _build_hand_run(egoqa: InProcess, synth, db_path: Path, style: Path) -> None:
     style.write_text(ONE_TURN_STYLE)
-    cli(
+    egoqa(
         *enqueue_args(synth, "baseline", "--set", f"style={json.dumps(str(style))}"),
         *("--set", "backend=fake", "--run", "hand", "--limit", str(len(CASES))),
     )
@@ -106,31 +107,36 @@ def hand_db(synth, tmp_path_factory) -> Path:
     """Run `hand` built once: six queries whose graded job is completed, failed or left pending
     by hand through the queue (no backend), then scored."""
     root = tmp_path_factory.mktemp("hand")
-    cli = Cli(root / "egoqa.db", root)
-    _build_hand_run(cli, synth, root / "egoqa.db", root / "one_turn.toml")
+    egoqa = InProcess(root / "egoqa.db", root)
+    _build_hand_run(egoqa, synth, root / "egoqa.db", root / "one_turn.toml")
     return root / "egoqa.db"
 
 
 @pytest.fixture
+def egoqa(db_path, tmp_path) -> InProcess:
+    return InProcess(db_path, tmp_path)
+
+
+@pytest.fixture
 def hand_run(hand_db, db_path) -> str:
-    """A private copy of the `hand` database at the `cli` fixture's path; returns the run name."""
+    """A private copy of the `hand` database at the `egoqa` fixture's path; returns the run name."""
     copy_db(hand_db, db_path)
     return "hand"
 
 
-def _view_metrics(cli, run: str) -> dict:
+def _view_metrics(egoqa, run: str) -> dict:
     sql = f"""SELECT COUNT(*) AS n, AVG(COALESCE(correct, 0)) AS coverage,
                      AVG(COALESCE(r1_03, 0)) AS r1_03, AVG(COALESCE(r1_05, 0)) AS r1_05,
                      AVG(COALESCE(r5_03, 0)) AS r5_03, AVG(COALESCE(r5_05, 0)) AS r5_05,
                      AVG(COALESCE(iou_top1, 0)) AS miou,
                      AVG(COALESCE(best_correct, 0)) AS best_coverage
                 FROM results WHERE run = '{run}'"""
-    return cli.json("sql", sql)[0]
+    return egoqa.json("sql", sql)[0]
 
 
-def test_metrics_agree_between_report_results_view_and_evaluate(cli, hand_run):
-    report = cli.json("report", "--run", hand_run)
-    s, view, expected = report["summary"], _view_metrics(cli, hand_run), _expected()
+def test_metrics_agree_between_report_results_view_and_evaluate(egoqa, hand_run):
+    report = egoqa.json("report", "--run", hand_run)
+    s, view, expected = report["summary"], _view_metrics(egoqa, hand_run), _expected()
     assert (s["n"], s["done"], s["failed"], s["pending"]) == (6, 4, 1, 1)
     for key in ("coverage", "r1_03", "r1_05", "r5_03", "r5_05", "miou"):
         assert s[key] == pytest.approx(expected[key], abs=1e-12), key
@@ -144,21 +150,21 @@ def test_metrics_agree_between_report_results_view_and_evaluate(cli, hand_run):
     assert s["miou"] == pytest.approx((0.3 + 0.5) / 6)
 
 
-def test_best_of_n_is_reported_beside_the_first_sample(cli, hand_run):
-    s = cli.json("report", "--run", hand_run)["summary"]
+def test_best_of_n_is_reported_beside_the_first_sample(egoqa, hand_run):
+    s = egoqa.json("report", "--run", hand_run)["summary"]
     best, expected = s["best_of_n"], _expected(best=True)
     assert s["samples"] == 3 and s["graded_turn"] == "ground"
     for key in ("coverage", "r1_03", "r1_05", "miou"):
         assert best[key] == pytest.approx(expected[key], abs=1e-12), key
     assert best["coverage"] == pytest.approx(2 / 6) and s["coverage"] == pytest.approx(1 / 6)
     assert best["r1_05"] == pytest.approx(1 / 6)
-    assert _view_metrics(cli, hand_run)["best_coverage"] == pytest.approx(2 / 6)
-    table = cli("report", "--run", hand_run).stdout
+    assert _view_metrics(egoqa, hand_run)["best_coverage"] == pytest.approx(2 / 6)
+    table = egoqa("report", "--run", hand_run).stdout
     assert "best of 3 samples of 'ground'" in table
 
 
-def test_outcomes_and_failures_count_every_query(cli, hand_run):
-    report = cli.json("report", "--run", hand_run)
+def test_outcomes_and_failures_count_every_query(egoqa, hand_run):
+    report = egoqa.json("report", "--run", hand_run)
     total = report["outcomes"][-1]
     assert total["query_type"] == "(all)"
     assert {
@@ -175,14 +181,14 @@ def test_outcomes_and_failures_count_every_query(cli, hand_run):
     assert sum(r["n"] for r in report["by_template"]) == 6
     (failure,) = report["failures"]
     assert failure["kind"] == "video" and failure["jobs"] == 1 and failure["queries"] == 1
-    rows = cli.json("sql", "SELECT state, outcome, correct, r1_03 FROM results ORDER BY state")
+    rows = egoqa.json("sql", "SELECT state, outcome, correct, r1_03 FROM results ORDER BY state")
     assert {(r["state"], r["outcome"], r["correct"]) for r in rows if r["state"] != "done"} == {
         ("failed", "failed", 0),
         ("ready", None, None),
     }
 
 
-def test_rescore_recomputes_from_stored_responses_without_a_model(cli, hand_run, db_path):
+def test_rescore_recomputes_from_stored_responses_without_a_model(egoqa, hand_run, db_path):
     db = open_db(db_path)
     with db.write() as cur:
         job, results_before = cur.execute(
@@ -195,16 +201,16 @@ def test_rescore_recomputes_from_stored_responses_without_a_model(cli, hand_run,
         )
         # the other items as if their scores were never written (a worker died in between)
         cur.execute("UPDATE run_items SET scored_at = NULL WHERE graded_job_id <> :j", {"j": job})
-    stale = cli("report", "--run", hand_run, "--json")
+    stale = egoqa("report", "--run", hand_run, "--json")
     assert json.loads(stale.stdout)["summary"]["unscored"] == 3  # the three done, not the failed
     assert "--rescore" in stale.stderr
-    refused = cli("export", "--run", hand_run, check=False)
+    refused = egoqa("export", "--run", hand_run, check=False)
     assert refused.returncode == 1 and "have no scores yet" in refused.stderr
-    after = cli.json("report", "--run", hand_run, "--rescore")["summary"]
+    after = egoqa.json("report", "--run", hand_run, "--rescore")["summary"]
     assert after["unscored"] == 0
     assert after["coverage"] == pytest.approx(_expected()["coverage"] + 1 / 6)
     assert after["r1_05"] == pytest.approx(1 / 6)
-    row = cli.json(
+    row = egoqa.json(
         "sql", f"SELECT correct, iou_top1, outcome FROM results WHERE graded_job_id = {job}"
     )
     assert row == [{"correct": 1, "iou_top1": 1.0, "outcome": "covered"}]
@@ -213,25 +219,25 @@ def test_rescore_recomputes_from_stored_responses_without_a_model(cli, hand_run,
         assert cur.one("SELECT state FROM jobs WHERE id = :j", {"j": job}) == "done"
 
 
-def test_export_covers_every_query_with_misses_as_zero_windows(cli, hand_run, tmp_path):
+def test_export_covers_every_query_with_misses_as_zero_windows(egoqa, hand_run, tmp_path):
     # --only-enqueued: the records skipped before --limit was reached are test_export_split's
     out = tmp_path / "preds.json"
-    cli("export", "--run", hand_run, "--format", "nlq", "--only-enqueued", "-o", out)
+    egoqa("export", "--run", hand_run, "--format", "nlq", "--only-enqueued", "-o", out)
     obj = json.loads(out.read_text())
     ids = [
         (r["clip_uid"], r["annotation_uid"], r["query_idx"])
-        for r in cli.json("sql", "SELECT clip_uid, annotation_uid, query_idx FROM results")
+        for r in egoqa.json("sql", "SELECT clip_uid, annotation_uid, query_idx FROM results")
     ]
     validate_nlq_predictions(obj, ids)
     by_window = sorted(json.dumps(p["predicted_times"]) for p in obj["results"])
     assert by_window.count("[[0.0, 0.0]]") == 3  # no segment, failed, pending
-    stdout = cli("export", "--run", hand_run, "--only-enqueued").stdout  # stdout without -o
+    stdout = egoqa("export", "--run", hand_run, "--only-enqueued").stdout  # stdout without -o
     assert json.loads(stdout) == obj
 
 
-def test_unknown_run_is_one_clear_line_and_exit_1(cli, hand_run):
+def test_unknown_run_is_one_clear_line_and_exit_1(egoqa, hand_run):
     for command in (("report", "--run", "nope"), ("export", "--run", "nope")):
-        proc = cli(*command, check=False)
+        proc = egoqa(*command, check=False)
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines() == [
             "error: no run named 'nope'; runs here: hand"
@@ -239,15 +245,15 @@ def test_unknown_run_is_one_clear_line_and_exit_1(cli, hand_run):
         assert "Traceback" not in proc.stderr
 
 
-def test_a_run_with_nothing_finished_is_refused_clearly(cli, synth):
-    cli(*enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "fresh"))
-    proc = cli("report", "--run", "fresh", check=False)
+def test_a_run_with_nothing_finished_is_refused_clearly(egoqa, synth):
+    egoqa(*enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "fresh"))
+    proc = egoqa("report", "--run", "fresh", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "has nothing finished yet" in line and "egoqa work" in line
 
 
-def test_report_and_sql_do_not_import_torch(cli, hand_run, db_path, tmp_path):
+def test_report_and_sql_do_not_import_torch(hand_run, db_path, tmp_path):
     script = f"""
 import sys
 from pathlib import Path
@@ -271,18 +277,22 @@ print("HEAVY", heavy)
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_model, tmp_path):
+def test_a_report_on_a_completed_demo_run_writes_all_files(
+    egoqa, synth, tiny_model, db_path, tmp_path
+):
     from PIL import Image
 
     model = json.dumps(str(tiny_model))
-    cli(*enqueue_args(synth, "demo", "--set", f"model={model}", "--run", "demo", "--limit", "6"))
+    egoqa(*enqueue_args(synth, "demo", "--set", f"model={model}", "--run", "demo", "--limit", "6"))
     fake = ("--set", 'model="fake-model"', "--set", "backend=fake", "--run", "fake")
-    cli(*enqueue_args(synth, "demo", *fake, "--limit", "6"))
-    cli("work", "--until-done", "--model", "fake-model")
-    worked = cli("work", "--until-done", "--model", str(tiny_model), timeout=600)
+    egoqa(*enqueue_args(synth, "demo", *fake, "--limit", "6"))
+    egoqa("work", "--until-done", "--model", "fake-model")
+    # A process of its own: what it writes to stderr is what a user sees, whatever this process
+    # has set up for Hugging Face's bars before.
+    worked = Cli(db_path, tmp_path)("work", "--until-done", "--model", str(tiny_model), timeout=600)
     assert "Loading weights" not in worked.stderr  # no Hugging Face bars at default verbosity
     out = tmp_path / "report"
-    cli("report", "--run", "demo", "--compare", "fake", "--out", out)
+    egoqa("report", "--run", "demo", "--compare", "fake", "--out", out)
 
     names = {p.name for p in out.iterdir()}
     charts = {"accuracy_by_query_type.png", "accuracy_by_template.png", "runs_compared.png"}
@@ -293,7 +303,7 @@ def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_mode
             assert image.width >= 400 and image.height >= 300, (name, image.size)
 
     doc = json.loads((out / "results.json").read_text())
-    rows = cli.json(
+    rows = egoqa.json(
         "sql", "SELECT clip_uid, annotation_uid, query_idx FROM results WHERE run = 'demo'"
     )
     ids = sorted((r["clip_uid"], r["annotation_uid"], r["query_idx"]) for r in rows)
@@ -314,7 +324,7 @@ def test_a_report_on_a_completed_demo_run_writes_all_files(cli, synth, tiny_mode
     assert (out / "results.csv").read_text().count("\n") >= 7
 
     preds = tmp_path / "preds.json"
-    cli("export", "--run", "demo", "--format", "nlq", "--only-enqueued", "-o", preds)
+    egoqa("export", "--run", "demo", "--format", "nlq", "--only-enqueued", "-o", preds)
     exported = json.loads(preds.read_text())
     validate_nlq_predictions(exported, ids)
     assert len(exported["results"]) == len(ids)
