@@ -9,6 +9,7 @@ import sqlite3
 import warnings
 
 import pytest
+from inproc import InProcess
 
 from alembic import command
 from egoqa import report as rp
@@ -68,6 +69,11 @@ def test_a_given_k_is_used_and_duplicates_share_a_cluster():
     assert result.assignments[-1] == result.assignments[0]
 
 
+@pytest.fixture
+def egoqa(db_path, tmp_path) -> InProcess:
+    return InProcess(db_path, tmp_path)
+
+
 def _columns(db_path, name: str) -> list[str]:
     with sqlite3.connect(db_path) as con:
         columns = [d[0] for d in con.execute(f"SELECT * FROM {name} LIMIT 0").description]
@@ -91,7 +97,7 @@ def test_results_keeps_every_column_and_adds_length_and_cluster_last(db_path):
 
 
 def test_cluster_command_stores_the_run_clusters_and_report_breaks_down_by_them(
-    cli, synth, db_path
+    egoqa, synth, db_path
 ):
     prior = parse_prior("prior:whole_clip", [], None)
     enqueue_prior_run(
@@ -99,14 +105,14 @@ def test_cluster_command_stores_the_run_clusters_and_report_breaks_down_by_them(
     )
     before = rp.build(open_db(db_path, readonly=True), "p")
     assert before["by_cluster"] == [] and before["cluster_method"] is None
-    out = cli("cluster", "--run", "p", "--k", "3").stdout
+    out = egoqa("cluster", "--run", "p", "--k", "3").stdout
     assert f"3 clusters ({TFIDF})" in out
     rows = _results(db_path)
     assert len(rows) == 13 and {r["cluster_method"] for r in rows} == {TFIDF}
     assert {r["cluster"] for r in rows} == {0, 1, 2}
     labels = {r["cluster"]: r["cluster_label"] for r in rows}
     assert all(r["cluster_label"] == labels[r["cluster"]] for r in rows)
-    report = cli.json("report", "--run", "p")
+    report = egoqa.json("report", "--run", "p")
     assert report["cluster_method"] == TFIDF
     assert {r["cluster"] for r in report["by_cluster"]} == {f"{c}: {w}" for c, w in labels.items()}
     assert sum(r["n"] for r in report["by_cluster"]) == 13
@@ -130,8 +136,8 @@ def _results(db_path) -> list[dict]:
     importlib.util.find_spec("sentence_transformers") is not None,
     reason="sentence-transformers is installed: the refusal cannot happen here",
 )
-def test_embeddings_without_sentence_transformers_is_one_line(cli, tmp_path):
-    proc = cli("cluster", "--run", "p", "--embeddings", tmp_path, check=False)
+def test_embeddings_without_sentence_transformers_is_one_line(egoqa, tmp_path):
+    proc = egoqa("cluster", "--run", "p", "--embeddings", tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "pip install 'egoqa[embeddings]'" in line

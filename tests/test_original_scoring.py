@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from inproc import InProcess
 
 from egoqa import original
 from egoqa.store import queue
 from egoqa.store.db import open_db
 from egoqa.synth import write_synth_dataset
 
-from conftest import Cli, enqueue_args
+from conftest import enqueue_args
 
 # text -> (segments, listed) under the bracketed rule (every style but the coarse_cot ones)
 BRACKETED = [
@@ -128,14 +129,20 @@ CASES = [
 
 
 @pytest.fixture
-def hand_run(cli, tmp_path) -> tuple[Cli, list[str]]:
-    """The run `hand` with CASES set by hand; returns the CLI and the video uids, in file order."""
-    data = write_synth_dataset(tmp_path / "data", clips=4, queries_per_clip=1, seed=11)
+def hand_run(db_path, tmp_path) -> tuple[InProcess, list[str]]:
+    """The run `hand` with CASES set by hand; returns the command line on its database and the
+    video uids, in file order."""
+    egoqa = InProcess(db_path, tmp_path)
+    # small, sparse frames: no job reads them (the responses are set by hand), enqueue only
+    # needs each clip's video file
+    data = write_synth_dataset(
+        tmp_path / "data", clips=4, queries_per_clip=1, seed=11, fps=2, size=(64, 48)
+    )
     style = tmp_path / "hand.toml"
     style.write_text(HAND_STYLE)
     fake = ("--set", "backend=fake", "--set", f"style={json.dumps(str(style))}")
-    cli(*enqueue_args(data, "baseline", *fake, "--run", "hand"))
-    db = open_db(cli.db)
+    egoqa(*enqueue_args(data, "baseline", *fake, "--run", "hand"))
+    db = open_db(db_path)
     with db.write() as cur:
         items = cur.all(
             """SELECT ri.query_id, ri.graded_job_id, j.engine FROM run_items ri
@@ -157,12 +164,12 @@ def hand_run(cli, tmp_path) -> tuple[Cli, list[str]]:
     queue.complete(db, claim, done)
     db.dispose()
     videos = json.loads(data.annotations.read_text())["videos"]
-    return cli, [v["video_uid"] for v in videos]
+    return egoqa, [v["video_uid"] for v in videos]
 
 
 def test_report_scoring_original_reproduces_the_hand_computed_numbers(hand_run, tmp_path):
-    cli, (video_a, video_b) = hand_run
-    got = cli.json("report", "--run", "hand", "--scoring", "original")
+    egoqa, (video_a, video_b) = hand_run
+    got = egoqa.json("report", "--run", "hand", "--scoring", "original")
     s = got["summary"]
     assert (s["rule"], s["n"], s["done"], s["failed"], s["pending"]) == (
         "verdict blocks",
@@ -181,7 +188,7 @@ def test_report_scoring_original_reproduces_the_hand_computed_numbers(hand_run, 
     ]
     by_video = {v["video_uid"]: (v["n"], v["correct"], v["accuracy"]) for v in got["by_video"]}
     assert by_video == {video_a: (2, 1, 0.5), video_b: (2, 0, 0.0)}
-    table = cli("report", "--run", "hand", "--scoring", "original", "--out", tmp_path / "o")
+    table = egoqa("report", "--run", "hand", "--scoring", "original", "--out", tmp_path / "o")
     assert "25.0" in table.stdout and "by video (original)" in table.stdout
     saved = json.loads((tmp_path / "o" / "results_original.json").read_text())
     assert {i["query"]: i["segments"] for i in saved["instances"]} == {
