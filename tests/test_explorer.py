@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from inproc import InProcess
 
 from egoqa import report as rp
 from egoqa.clusters import cluster_run
@@ -27,8 +28,6 @@ from egoqa.report_tables import tables
 from egoqa.scoring import score_items
 from egoqa.store.db import open_db
 from egoqa.synth import read_frame_index, write_synth_dataset
-
-from conftest import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_SEC, FPS = 24.0, 10  # the synthetic clips written below
@@ -45,8 +44,13 @@ def _load(path: Path, call: str):
 class Explored:
     """A run with every kind of card, its explorer written once for the module."""
 
-    def __init__(self, root: Path, uids: list[str], site: Path, db: Path) -> None:
-        self.root, self.uids, self.site, self.db = root, uids, site, db
+    def __init__(self, root: Path, annotation: dict, site: Path, db: Path) -> None:
+        self.root, self.site, self.db = root, site, db
+        clips = [c for v in annotation["videos"] for c in v["clips"]]
+        self.uids = [c["clip_uid"] for c in clips]
+        self.queries = [  # every query's text, in file order
+            q["query"] for c in clips for a in c["annotations"] for q in a["language_queries"]
+        ]
         self.index = _load(site / "data" / "index.js", "EGOQA.index(")
         self.clip_no = {c[0]: n for n, c in enumerate(self.index["clips"])}
 
@@ -85,12 +89,12 @@ def explored(tmp_path_factory) -> Explored:
     synth = write_synth_dataset(root / "ds", clips=4, queries_per_clip=3, fps=FPS)
     annotation = json.loads(synth.annotations.read_text())
     uids = [c["clip_uid"] for v in annotation["videos"] for c in v["clips"]]
-    cli, db = Cli(root / "egoqa.db", root), root / "egoqa.db"
+    egoqa, db = InProcess(root / "egoqa.db", root), root / "egoqa.db"
     (synth.videos / f"{uids[1]}.mp4").write_bytes(b"not a video " * 1000)
     config = load_config("demo", ["backend=fake"])
     enqueue = partial(enqueue_run, config=config, style=load_style(config.style), run="main")
     enqueue(open_db(db, create=True), load_nlq(synth.annotations, synth.videos, limit=9))
-    cli("work", "--until-done")
+    egoqa("work", "--until-done")
     _make_unparseable(db, uids[0])
     everything = load_nlq(synth.annotations, synth.videos)
     enqueue(open_db(db), everything)  # the run grows: clip 3's queries wait
@@ -99,8 +103,8 @@ def explored(tmp_path_factory) -> Explored:
     cluster_run(open_db(db), "main")
     (synth.videos / f"{uids[2]}.mp4").rename(root / "moved.mp4")
     site = root / "site"
-    cli("report", "--run", "main", "--compare", "whole", "--html", site)
-    return Explored(root, uids, site, db)
+    egoqa("report", "--run", "main", "--compare", "whole", "--html", site)
+    return Explored(root, annotation, site, db)
 
 
 def test_every_query_is_a_card_with_failures_and_pending_work_shown_as_such(explored):
@@ -146,8 +150,9 @@ def test_thumbnails_are_the_frames_each_turn_showed(explored):
 
 
 def test_report_compare_puts_a_prior_beside_a_model_run_with_their_lengths(explored):
-    cli = Cli(explored.db, explored.root)
-    report = cli.json("report", "--run", "main", "--compare", "whole")
+    report = InProcess(explored.db, explored.root).json(
+        "report", "--run", "main", "--compare", "whole"
+    )
     by_run = {r["run"]: r for r in report["compare"]}
     assert by_run["whole"]["coverage"] == 1.0 and by_run["whole"]["pred_length"] == 1.0
     with sqlite3.connect(explored.db) as con:
@@ -196,7 +201,7 @@ print("PLAIN", plain, "HTML", html, "DECORD", "decord" in sys.modules)
 def test_an_index_html_egoqa_did_not_write_is_never_replaced(explored, tmp_path):
     mine = tmp_path / "index.html"
     mine.write_text("<p>my own page</p>")
-    proc = Cli(explored.db, explored.root)(
+    proc = InProcess(explored.db, explored.root)(
         "report", "--run", "main", "--html", tmp_path, check=False
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -262,10 +267,11 @@ def test_the_explorer_works_in_chromium(explored, browser, tmp_path):
     page.select_option("#f-outcome", "pending")
     assert cards.count() == 3 and "pending" in cards.first.inner_text()
     page.select_option("#f-outcome", "")
-    needle = explored.items(0)[0]["q"]
+    needle = explored.queries[0]  # the file's first query, and those that hold its text
+    matching = [q for q in explored.queries if needle.lower() in q.lower()]
+    assert len(explored.queries) == 12 and len(matching) < 12  # the search narrows
     page.fill("#search", needle)
-    matching = [it for it in explored.index["items"] if needle.lower() in it["q"].lower()]
-    assert cards.count() == len(matching) < 12
+    assert cards.count() == len(matching)
     page.fill("#search", "")
     page.select_option("#sort", "iou-desc")
     best = max(it["u"] for it in explored.index["items"] if it["u"] is not None)
