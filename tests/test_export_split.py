@@ -14,8 +14,6 @@ from inproc import InProcess
 from egoqa.dataset import load_nlq
 from egoqa.synth import SynthPaths, write_synth_dataset
 
-from conftest import Cli
-
 FAKE = ("--set", "backend=fake")
 # What the synthetic file's quirks skip (egoqa.synth._add_quirks): one query without text, two
 # bad windows on the first clip, and the two queries of a clip whose video is missing.
@@ -38,11 +36,10 @@ def data(tmp_path_factory) -> SynthPaths:
 
 
 def worked(root: Path, annotations: Path, videos: Path, run: str) -> InProcess:
-    """A database where `run` was enqueued from `annotations` and worked by a worker process
-    (fake backend); the reading commands run in this process, which is much faster."""
+    """A database where `run` was enqueued from `annotations` and worked (fake backend)."""
     egoqa = InProcess(root / "egoqa.db", root)
     egoqa("enqueue", "-a", annotations, "--videos", videos, "--config", "demo", *FAKE, "--run", run)
-    Cli(root / "egoqa.db", root)("work", "--until-done")
+    egoqa("work", "--until-done")
     return egoqa
 
 

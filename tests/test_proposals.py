@@ -17,7 +17,7 @@ from egoqa.store import proposals as store
 from egoqa.store.db import open_db
 from egoqa.synth import write_synth_proposals
 
-from conftest import Cli, enqueue_args
+from conftest import enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 FAKE = ("--set", "backend=fake", "--set", 'model="fake"')
@@ -90,7 +90,7 @@ def test_the_vlm_reranks_the_proposals_and_sits_beside_them_with_the_paired_test
     run(*enqueue_args(synth, "proposals:spec"))
     rerank_args = ("--set", "style=rerank_proposals", "--set", "proposals=spec", *FAKE)
     run(*enqueue_args(synth, "demo", *rerank_args, "--run", "rr"))
-    Cli(db_path, tmp_path)("work", "--until-done")
+    run("work", "--until-done")
     entries = {_ids(e): e for e in json.loads(proposals_file.read_text())["results"]}
     rows = _results(db_path, "rr")
     assert len(rows) == 12 and {r["state"] for r in rows.values()} == {"done"}
