@@ -4,6 +4,7 @@ holds prior runs (their jobs have no engine)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from inproc import InProcess
@@ -20,7 +21,11 @@ def test_status_shows_a_database_holding_a_prior_run(synth, db_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_compares_its_run_with_the_baselines_with_intervals(tmp_path):
+def test_demo_compares_its_run_with_the_baselines_with_intervals(synth, tiny_model, tmp_path):
+    # The demo builds its tiny model and dataset where missing, as the session's: start it with
+    # copies of those, so the session builds them once (the demo's own run is what is tested).
+    shutil.copytree(tiny_model, tmp_path / "demo" / "tiny-qwen2.5-vl")
+    shutil.copytree(synth.root, tmp_path / "demo" / "dataset")
     run = InProcess(tmp_path / "demo.db", tmp_path)
     out = run("demo", "--dir", tmp_path / "demo", "--workers", "1")
     assert "McNemar" in out.stdout and "demo − prior:whole_clip" in out.stdout
