@@ -14,6 +14,8 @@ from test_bad_input import error_line
 
 from egoqa.synth import SynthPaths, write_synth_dataset
 
+from conftest import copy_db
+
 SHOTS = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
 
 
@@ -39,6 +41,21 @@ def enqueue(cli, data, *extra, annotations=None, config="baseline", check=True):
 
 def prior(cli, data, *extra, **kw):
     return enqueue(cli, data, *extra, config="prior:whole_clip", **kw)
+
+
+@pytest.fixture(scope="module")
+def prior_db(data, tmp_path_factory) -> Path:
+    """A database holding the run `prior:whole_clip` over `data` (finished at enqueue)."""
+    root = tmp_path_factory.mktemp("prior")
+    prior(InProcess(root / "egoqa.db", root), data)
+    return root / "egoqa.db"
+
+
+@pytest.fixture
+def with_prior(prior_db, cli) -> InProcess:
+    """The `cli` fixture on a private copy of the prior's database."""
+    copy_db(prior_db, cli.db)
+    return cli
 
 
 # --- --set reaches a turn's zoom ---------------------------------------------------------------
@@ -68,18 +85,31 @@ def test_an_oracle_zoom_over_queries_without_ground_truth_is_refused_at_enqueue(
 # --- workers and engines -----------------------------------------------------------------------
 
 
-def two_engines(cli, data, tmp_path) -> dict[str, str]:
-    """Runs `a` and `b` of the fake backend under two local model folders; model -> engine."""
+@pytest.fixture(scope="module")
+def two_engines_db(data, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Runs `alpha` and `beta` of the fake backend under two local model folders beside the
+    database; the database, and model -> engine."""
+    root = tmp_path_factory.mktemp("engines")
+    cli = InProcess(root / "egoqa.db", root)
     for name in ("alpha", "beta"):
-        (tmp_path / name).mkdir()  # other content: a local model is keyed by what it holds
-        (tmp_path / name / "config.json").write_text(f'{{"name": "{name}"}}')
+        (root / name).mkdir()  # other content: a local model is keyed by what it holds
+        (root / name / "config.json").write_text(f'{{"name": "{name}"}}')
         enqueue(cli, data, "--set", "backend=fake", "--set", f"model={name}", "--run", name)
     engines = cli.json("status")["engines"]
-    return {Path(e["model"]).name: e["engine"] for e in engines}
+    return root / "egoqa.db", {Path(e["model"]).name: e["engine"] for e in engines}
 
 
-def test_work_until_done_says_which_jobs_wait_for_another_engine(cli, data, tmp_path):
-    engines = two_engines(cli, data, tmp_path)
+@pytest.fixture
+def two_engines(two_engines_db, tmp_path) -> tuple[InProcess, dict[str, str]]:
+    """The command line on a private copy of the two engines' database, run from the folder
+    that holds their models; model -> engine."""
+    template, engines = two_engines_db
+    copy_db(template, tmp_path / "egoqa.db")
+    return InProcess(tmp_path / "egoqa.db", template.parent), engines
+
+
+def test_work_until_done_says_which_jobs_wait_for_another_engine(two_engines):
+    cli, engines = two_engines
     out = cli("work", "--until-done")
     served = {e["engine"] for e in cli.json("status")["engines"] if e["done"]}
     waiting = (set(engines.values()) - served).pop()
@@ -87,8 +117,8 @@ def test_work_until_done_says_which_jobs_wait_for_another_engine(cli, data, tmp_
     assert f"note: jobs still waiting for another engine: {waiting}" in out.stderr
 
 
-def test_work_takes_a_local_model_folder_as_enqueued_and_an_engine_id_prefix(cli, data, tmp_path):
-    engines = two_engines(cli, data, tmp_path)
+def test_work_takes_a_local_model_folder_as_enqueued_and_an_engine_id_prefix(two_engines):
+    cli, engines = two_engines
     cli("work", "--until-done", "--model", "alpha")  # stored as its absolute path
     cli("work", "--until-done", "--engine", engines["beta"][:6])
     assert cli.json("status")["jobs"] == {"done": 8}
@@ -96,8 +126,8 @@ def test_work_takes_a_local_model_folder_as_enqueued_and_an_engine_id_prefix(cli
     assert p.returncode == 0 and "nothing to do" in p.stderr  # nothing pending at all
 
 
-def test_work_for_a_model_without_jobs_names_the_models_that_have_some(cli, data, tmp_path):
-    engines = two_engines(cli, data, tmp_path)
+def test_work_for_a_model_without_jobs_names_the_models_that_have_some(two_engines):
+    cli, engines = two_engines
     p = cli("work", "--until-done", "--model", "gamma", check=False)
     error_line(p, "no pending jobs for model", "alpha (4)", "beta (4)")
     ambiguous = cli("work", "--engine", "", check=False)
@@ -107,22 +137,20 @@ def test_work_for_a_model_without_jobs_names_the_models_that_have_some(cli, data
 # --- sql, export -------------------------------------------------------------------------------
 
 
-def test_sql_refuses_an_empty_statement_and_file_changes_as_read_only(cli, data):
-    prior(cli, data)
+def test_sql_refuses_an_empty_statement_and_file_changes_as_read_only(with_prior):
+    cli = with_prior
     error_line(cli("sql", "", check=False), "no statement given")
     for statement in ("PRAGMA journal_mode=DELETE", "VACUUM INTO 'copy.db'"):
         error_line(cli("sql", statement, check=False), "read-only", "nothing was changed")
 
 
-def test_sql_json_writes_infinity_as_null(cli, data):
-    prior(cli, data)
-    out = cli("sql", "SELECT 1e999 AS up, -1e999 AS down, 1.5 AS x", "--json").stdout
+def test_sql_json_writes_infinity_as_null(with_prior):
+    out = with_prior("sql", "SELECT 1e999 AS up, -1e999 AS down, 1.5 AS x", "--json").stdout
     assert json.loads(out, parse_constant=pytest.fail) == [{"up": None, "down": None, "x": 1.5}]
 
 
-def test_export_to_dash_writes_standard_output(cli, data, tmp_path):
-    prior(cli, data)
-    out = cli("export", "--run", "prior:whole_clip", "-o", "-")
+def test_export_to_dash_writes_standard_output(with_prior, tmp_path):
+    out = with_prior("export", "--run", "prior:whole_clip", "-o", "-")
     assert json.loads(out.stdout)["results"]
     assert not (tmp_path / "-").exists()
 
@@ -130,9 +158,10 @@ def test_export_to_dash_writes_standard_output(cli, data, tmp_path):
 # --- clustering, priors ------------------------------------------------------------------------
 
 
-def test_cluster_says_a_missing_embeddings_folder_is_missing(cli, data, tmp_path):
-    prior(cli, data)
-    p = cli("cluster", "--run", "prior:whole_clip", "--embeddings", tmp_path / "nope", check=False)
+def test_cluster_says_a_missing_embeddings_folder_is_missing(with_prior, tmp_path):
+    p = with_prior(
+        "cluster", "--run", "prior:whole_clip", "--embeddings", tmp_path / "nope", check=False
+    )
     error_line(p, "is not a folder")
 
 
