@@ -16,7 +16,7 @@ from egoqa.priors import enqueue_prior_run, parse_prior
 from egoqa.report_tables import tables
 from egoqa.store.db import open_db
 
-from conftest import enqueue_args
+from conftest import copy_db, enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 Z = 1.959963984540054
@@ -25,6 +25,23 @@ Z = 1.959963984540054
 @pytest.fixture
 def run(db_path, tmp_path) -> InProcess:
     return InProcess(db_path, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def priors_db(synth, tmp_path_factory) -> Path:
+    """The runs `prior:whole_clip` and `prior:uniform_random` over the session's dataset."""
+    root = tmp_path_factory.mktemp("priors")
+    enqueue = InProcess(root / "egoqa.db", root)
+    enqueue(*enqueue_args(synth, "prior:whole_clip"))
+    enqueue(*enqueue_args(synth, "prior:uniform_random"))
+    return root / "egoqa.db"
+
+
+@pytest.fixture
+def priors(priors_db, run) -> InProcess:
+    """The `run` fixture on a private copy of the two priors' database."""
+    copy_db(priors_db, run.db)
+    return run
 
 
 def _hits(db_path: Path, run: str) -> dict[tuple, dict]:
@@ -44,9 +61,8 @@ def _mcnemar_by_hand(b: int, c: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-def test_compare_reports_paired_differences_mcnemar_and_who_alone_was_right(run, synth, db_path):
-    run(*enqueue_args(synth, "prior:whole_clip"))
-    run(*enqueue_args(synth, "prior:uniform_random"))
+def test_compare_reports_paired_differences_mcnemar_and_who_alone_was_right(priors, db_path):
+    run = priors
     report = run.json("report", "--run", "prior:whole_clip", "--compare", "prior:uniform_random")
     [pair] = report["paired"]
     whole, rand = _hits(db_path, "prior:whole_clip"), _hits(db_path, "prior:uniform_random")
@@ -82,8 +98,8 @@ def test_identical_runs_differ_by_zero_with_p_one(run, synth):
         assert shown["diff"] == 0.0 and shown["interval"] == [0.0, 0.0]
 
 
-def test_headline_rates_carry_wilson_and_clip_bootstrap_intervals(run, synth, db_path):
-    run(*enqueue_args(synth, "prior:uniform_random"))
+def test_headline_rates_carry_wilson_and_clip_bootstrap_intervals(priors, db_path):
+    run = priors
     s = run.json("report", "--run", "prior:uniform_random")["summary"]
     rows = _hits(db_path, "prior:uniform_random")
     n, k = len(rows), sum(r["r1_03"] for r in rows.values())
