@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from egoqa.prompts import style_names
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
+from egoqa.plan.styles import style_names
 from egoqa.store.db import head_revision
-from egoqa.synth import SynthPaths, write_synth_dataset
 
 from conftest import Cli
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from egoqa.config import allowed_keys, load_config, preset_names
 from egoqa.errors import ConfigError, StyleError
-from egoqa.prompts import load_style, parse_style, render, render_template, style_names
+from egoqa.plan.config import allowed_keys, load_config, preset_names
+from egoqa.plan.styles import load_style, parse_style, render, render_template, style_names
 
 
 def test_every_preset_loads_and_names_a_known_style():

@@ -16,7 +16,7 @@ from inproc import InProcess
 from test_bad_input import error_line
 
 from egoqa.cli import app
-from egoqa.synth import SynthPaths, write_synth_dataset
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from conftest import Cli, copy_db
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from egoqa import original
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.report import original
 from egoqa.store import queue
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
 
 from conftest import Cli, enqueue_args
 

@@ -19,8 +19,8 @@ import pytest
 from inproc import InProcess
 from test_bad_input import error_line, read_only, snapshot
 
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 from egoqa.errors import ConfigError
-from egoqa.synth import SynthPaths, write_synth_dataset
 
 from conftest import Cli, copy_db
 
@@ -96,7 +96,7 @@ def test_gpus_on_a_machine_without_cuda_are_refused_before_any_worker_starts(
 
 
 def test_gpu_device_files_are_counted_and_too_few_are_refused(tmp_path):
-    from egoqa.devices import device_file_count, require_gpus
+    from egoqa.work.devices import device_file_count, require_gpus
 
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-modeset"):
         (tmp_path / name).touch()
@@ -220,7 +220,7 @@ def test_a_video_path_that_is_not_a_file_skips_its_clip_and_names_it(data, tmp_p
 
 def test_a_video_that_became_a_symlink_loop_fails_as_unreadable_not_as_a_bug(tmp_path):
     from egoqa.errors import VideoError
-    from egoqa.frames import FrameDecoder
+    from egoqa.media.frames import FrameDecoder
 
     loop = tmp_path / "clip.mp4"
     loop.symlink_to(loop.name)  # what the worker meets when the file is replaced after enqueue

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from egoqa.evaluate import (
+from egoqa.answers.metrics import (
     best_of_n,
     failed_scores,
     parse_segments,
@@ -19,7 +19,7 @@ from egoqa.evaluate import (
     summarize,
     validate_nlq_predictions,
 )
-from egoqa.scoring import score_items
+from egoqa.answers.scoring import score_items
 from egoqa.store import queue
 from egoqa.store.db import open_db
 

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from egoqa.config import GenerationConfig
+from egoqa.plan.config import GenerationConfig
 
 GREEDY = GenerationConfig(do_sample=False)
 

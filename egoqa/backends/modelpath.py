@@ -20,5 +20,5 @@ def check_model_path(model: str) -> None:
         return
     raise ModelLoadError(
         f"model path {model} does not exist; pass an existing checkpoint directory "
-        "(build the tiny one with egoqa.tinymodel.build_tiny_model) or a hub id"
+        "(build the tiny one with egoqa.dev.tinymodel.build_tiny_model) or a hub id"
     )

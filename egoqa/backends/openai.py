@@ -30,10 +30,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from egoqa.backends.base import Request, Result, sample_seed
-from egoqa.config import OpenAIConfig
 from egoqa.errors import ConfigError, UpstreamAuthError, UpstreamError
+from egoqa.plan.config import OpenAIConfig
 
-log = logging.getLogger("egoqa.worker")
+log = logging.getLogger("egoqa.work.worker")
 
 JPEG_QUALITY = 95
 _CONTEXT_MARKERS = ("context length", "context_length", "maximum context", "too many tokens")

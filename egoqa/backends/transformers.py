@@ -28,9 +28,9 @@ from transformers import StoppingCriteria  # noqa: E402
 from egoqa.backends import loading  # noqa: E402
 from egoqa.backends.base import Frames, Request, Result, sample_seed  # noqa: E402
 from egoqa.backends.loading import DTYPES, is_oom  # noqa: E402,F401 -- re-exported
-from egoqa.backends.sampling import SeededSampling  # noqa: E402
-from egoqa.config import GenerationConfig  # noqa: E402
+from egoqa.backends.token_sampling import SeededSampling  # noqa: E402
 from egoqa.errors import ConfigError, ModelLoadError, OutOfMemory  # noqa: E402
+from egoqa.plan.config import GenerationConfig  # noqa: E402
 
 INJECT_OOM_ENV = "EGOQA_INJECT_OOM_ABOVE"
 PATCH_SIZE, MERGE_SIZE = 14, 2

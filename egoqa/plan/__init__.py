@@ -1,0 +1,5 @@
+"""Planning a run: its config, prompt styles, the dataset, the planner that writes every turn's
+jobs, recursive zoom as jobs, and the runs that need no model (priors, proposals).
+
+May import `store`, `answers` and `errors`; never `media`, `backends`, `work`, `report` or `cli`.
+"""
