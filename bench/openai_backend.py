@@ -144,7 +144,7 @@ def client_side(data, model: str, tmp: Path, concurrency: int, repeats: int) -> 
 
 
 def protocol(data, model: str, tmp: Path, repeats: int) -> list[list]:
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
 
     tiny = load_backend("transformers", model=model, dtype="float32", device="cpu")
     server = DevServer(tiny, model).start()

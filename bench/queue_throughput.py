@@ -62,7 +62,7 @@ def realistic_spec() -> str:
     """A real per-query job spec (stage_analysis' answer turn under the `coarse` preset)."""
     from egoqa.plan.config import load_config
     from egoqa.plan.dataset import Clip, Query
-    from egoqa.plan.planner import canonical, turn_spec
+    from egoqa.plan.jobs import canonical, turn_spec
     from egoqa.plan.styles import load_style
 
     config, style = load_config("coarse"), load_style("stage_analysis")

@@ -9,10 +9,10 @@ import shutil
 import pytest
 from inproc import InProcess
 
+from egoqa.backends.modelpath import check_weights
 from egoqa.errors import EgoqaError
 from egoqa.plan.fingerprint import model_fingerprint
 from egoqa.store.db import open_db
-from egoqa.work.worker import check_weights
 
 from conftest import enqueue_args
 

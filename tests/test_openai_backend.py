@@ -35,7 +35,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_backend(tiny_model):
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
 
     return load_backend("transformers", model=str(tiny_model), dtype="float32", device="cpu")
 

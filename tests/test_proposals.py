@@ -11,9 +11,9 @@ import pytest
 from inproc import InProcess
 
 from egoqa.answers.metrics import Segment
+from egoqa.answers.rerank import rerank
 from egoqa.dev.synth import write_synth_proposals
 from egoqa.plan.config import load_config
-from egoqa.plan.proposals import rerank
 from egoqa.store import proposals as store
 from egoqa.store.db import open_db
 

@@ -636,14 +636,15 @@ def test_no_pickle_anywhere_in_the_package():
 
 
 def test_trust_remote_code_defaults_to_false_and_only_comes_from_the_config(monkeypatch):
-    from egoqa.backends import base
+    from egoqa.backends import registry
     from egoqa.plan.config import RunConfig, load_config
     from egoqa.work.worker import Served, load_backend_for
 
     assert RunConfig(model="m").trust_remote_code is False
     assert load_config("demo", ()).trust_remote_code is False
     seen = []
-    monkeypatch.setattr(base, "load_backend", lambda kind, **kw: seen.append(kw) or kw)
+    transformers = registry.backend_class("transformers")
+    monkeypatch.setattr(transformers, "__init__", lambda self, **kw: seen.append(kw))
     for value in (False, True):
         config = RunConfig(model="m", trust_remote_code=value)
         load_backend_for(Served("e", config.engine(), config), "cpu")

@@ -374,7 +374,7 @@ def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(tmp_path
 
 def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(tmp_path, synth):
     from egoqa.backends.fake import FakeBackend
-    from egoqa.plan.planner import media_key
+    from egoqa.plan.jobs import media_key
     from egoqa.store import limits
     from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 

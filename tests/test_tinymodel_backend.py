@@ -259,7 +259,7 @@ def test_missing_model_path_is_a_model_load_error(tmp_path):
 
 @pytest.fixture(params=["transformers", "fake"])
 def any_backend(request, tiny_backend):  # noqa: F811
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
 
     return tiny_backend if request.param == "transformers" else load_backend("fake")
 

@@ -21,7 +21,7 @@ def _parser(spec: str | None, duration: float):
     media = json.loads(spec or "{}").get("media") or {}
     if media.get("kind") != "proposals":
         return lambda text: parse_segments(text, duration)
-    from egoqa.plan.proposals import rerank
+    from egoqa.answers.rerank import rerank
 
     return lambda text: rerank(parse_segments(text, duration), media["windows"])
 

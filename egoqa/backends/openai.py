@@ -295,6 +295,18 @@ class OpenAIBackend:
     name = "openai"
     dtype = "remote"
 
+    @classmethod
+    def from_engine(cls, engine: dict, config: Any, device: str) -> OpenAIBackend:
+        """The server the engine names (its URL and wire format are part of the engine; the rest
+        of `openai` is the run's), checked to serve the model before any job is claimed."""
+        shown = ("base_url", "image_format", "vllm_extensions")
+        openai = config.openai.model_copy(
+            update=config.openai.identity() | {k: engine[k] for k in shown if k in engine}
+        )
+        backend = cls(model=engine["model"], config=openai)
+        backend.check()
+        return backend
+
     def __init__(self, model: str, config: OpenAIConfig, seed: int | None = None) -> None:
         if config.base_url is None:
             raise ConfigError("backend = 'openai' needs openai.base_url")

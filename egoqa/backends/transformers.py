@@ -87,6 +87,22 @@ class TransformersBackend:
 
     name = "transformers"
 
+    @classmethod
+    def from_engine(cls, engine: dict, config: Any, device: str) -> TransformersBackend:
+        """The checkpoint the engine names (the registry's precheck has refused a missing local
+        path, or one that no longer holds the weights its jobs were keyed by, before torch)."""
+        return cls(
+            model=engine["model"],
+            revision=engine.get("revision"),
+            dtype=engine["dtype"],
+            attn_implementation=engine.get("attn_implementation"),
+            quantization=engine.get("quantization"),
+            max_pixels=engine.get("max_pixels"),
+            trust_remote_code=bool(engine.get("trust_remote_code", False)),
+            device=device,
+            device_map=config.device_map,
+        )
+
     def __init__(
         self,
         model: str,

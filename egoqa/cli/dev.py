@@ -101,7 +101,7 @@ def demo(
     Builds the tiny model and the synthetic dataset where missing; the explorer's path is the
     last line printed.
     """
-    from egoqa.cli.app import enqueue, status
+    from egoqa.cli.queue import enqueue, status
     from egoqa.cli.work import quiet_hugging_face, work_many
     from egoqa.dev.synth import write_synth_dataset
     from egoqa.dev.tinymodel import build_tiny_model
@@ -213,7 +213,7 @@ def dev_serve(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Serve a local model over an OpenAI-compatible API on 127.0.0.1 (for backend = "openai")."""
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
     from egoqa.cli.work import quiet_hugging_face
     from egoqa.dev.server import DevServer, Faults
 

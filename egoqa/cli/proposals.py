@@ -28,7 +28,7 @@ def import_(
 ) -> None:
     """Store a prediction file's windows as a proposal set, for `--config proposals:NAME` and
     the `rerank_proposals` style (`--set proposals=NAME`)."""
-    from egoqa.cli.app import open_database
+    from egoqa.cli.common import open_database
     from egoqa.plan.proposals import import_file
 
     n = import_file(open_database(create=True), file, name)
@@ -49,7 +49,7 @@ def enqueue_proposals(
     as_json: bool,
 ) -> None:
     """`egoqa enqueue --config proposals:NAME`: the set's windows written and scored now."""
-    from egoqa.cli.app import open_database
+    from egoqa.cli.common import open_database
     from egoqa.plan.dataset import load_nlq
     from egoqa.plan.proposals import PREFIX, enqueue_baseline
 

@@ -71,7 +71,7 @@ def report(
     Every enqueued query counts (a failure or an unparseable answer is a miss). `--out DIR`
     writes results.json, results.csv and charts; `--html DIR` a browsable explorer of every query.
     """
-    from egoqa.cli.app import emit_table, open_database
+    from egoqa.cli.common import emit_table, open_database
     from egoqa.report import summary as rp
     from egoqa.report.files import write
     from egoqa.report.tables import tables
@@ -146,7 +146,7 @@ def _notes(summary: dict, run: str) -> None:
 
 
 def _report_original(run: str, compare, out: Path | None, as_json: bool) -> None:
-    from egoqa.cli.app import emit_table, open_database
+    from egoqa.cli.common import emit_table, open_database
     from egoqa.errors import EgoqaError
     from egoqa.report import original
 
@@ -193,7 +193,7 @@ def export(
     Every query of the run's annotation file is written: the ones that could not be enqueued
     count as misses too, so the score is not inflated by leaving them out.
     """
-    from egoqa.cli.app import open_database
+    from egoqa.cli.common import open_database
     from egoqa.report.export import export_nlq
     from egoqa.report.output import check_file_target, write_text
 
@@ -258,7 +258,7 @@ def cluster(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Group the run's queries by meaning (k-means, k by silhouette) and store it for `report`."""
-    from egoqa.cli.app import emit_table, open_database
+    from egoqa.cli.common import emit_table, open_database
     from egoqa.report.clusters import check_embeddings, cluster_run
 
     check_embeddings(embeddings)
@@ -281,7 +281,7 @@ def enqueue_prior(
     as_json: bool,
 ) -> None:
     """`egoqa enqueue --config prior:NAME`: predictions written and scored now, no worker needed."""
-    from egoqa.cli.app import open_database
+    from egoqa.cli.common import open_database
     from egoqa.errors import ConfigError
     from egoqa.plan.dataset import load_nlq
     from egoqa.plan.priors import enqueue_prior_run, is_prior, parse_prior
@@ -315,7 +315,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def demo_explorer(directory: Path, compare: tuple[str, ...] = ()) -> Path:
     """The demo's last step: cluster the demo run's queries, write its explorer (beside the runs
     in `compare`), print the path."""
-    from egoqa.cli.app import open_database
+    from egoqa.cli.common import open_database
     from egoqa.report.clusters import cluster_run
     from egoqa.report.explorer import write_explorer
 

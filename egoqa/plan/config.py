@@ -197,7 +197,7 @@ class RunConfig(_Frozen):
     max_pixels: Annotated[int, Field(ge=3136, le=16384 * 28 * 28)] | None = None
     device_map: str | None = None
     trust_remote_code: bool = False
-    backend: Literal["transformers", "fake", "openai"] = "transformers"
+    backend: str = "transformers"  # a name in `egoqa.backends.registry`
     openai: OpenAIConfig = OpenAIConfig()
     style: str = "baseline"
     system_prompt: str | None = None
@@ -210,6 +210,16 @@ class RunConfig(_Frozen):
     priority: int = 0
     # The proposal set a `media = "proposals"` turn shows (`egoqa proposals import`).
     proposals: str | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from egoqa.backends import registry  # names only: no engine is imported
+
+        try:
+            return registry.check_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> RunConfig:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from egoqa.answers.metrics import PredictionFileError, Segment, _check_entry, _check_ids, tiou
+from egoqa.answers.metrics import PredictionFileError, _check_entry, _check_ids
 from egoqa.errors import ConfigError, EgoqaError
 from egoqa.plan.dataset import Dataset, Query, Skipped
 from egoqa.plan.priors import Prediction, response
@@ -31,7 +31,6 @@ PREFIX = "proposals:"
 TURN = "proposals"
 SKIP_REASON = "no_proposals"
 SHOWN = 5  # ids named in a refusal
-MATCH_IOU = 0.5  # a window in the answer names the proposal it overlaps at least this much
 
 Windows = store.Windows
 
@@ -133,22 +132,6 @@ def for_run(db: Database, dataset: Dataset, style, config, annotations: str):
         )
     windows = load(db, config.proposals)
     return restrict(dataset, windows, config.proposals, annotations), windows
-
-
-def rerank(answer: list[Segment], proposals: list[list[float]]) -> list[Segment]:
-    """The proposals reordered by the answer: each window of the answer (best first) names the
-    proposal it overlaps most (tIoU at least MATCH_IOU); the proposals it never named follow in
-    the specialist's order. Always every proposal, once each."""
-    order: list[int] = []
-    confidence: dict[int, float | None] = {}
-    for seg in answer:
-        ious = [tiou((seg.start, seg.end), (s, e)) for s, e in proposals]
-        best = max(range(len(proposals)), key=lambda i: ious[i], default=None)
-        if best is not None and ious[best] >= MATCH_IOU and best not in order:
-            order.append(best)
-            confidence[best] = seg.confidence
-    order += [i for i in range(len(proposals)) if i not in order]
-    return [Segment(*proposals[i], confidence.get(i)) for i in order]
 
 
 def numbered(windows: list[list[float]]) -> str:

@@ -24,19 +24,6 @@ MIN_WINDOW_SEC = 1.0  # about one frame of the 1 fps answer turn: no narrower wi
 STORED_ONLY = ("turn", "turn_index", "style", "graded", "segments_from")  # in a spec, not its key
 
 
-def zoom_block(turn, query) -> dict:
-    """The `zoom` block of a depth-0 spec (the oracle's ground truth is part of its key)."""
-    block = {
-        "window_sec": float(turn.repeat_until["window_sec"]),
-        "max_depth": int(turn.repeat_until["max_depth"]),
-        "rule": turn.zoom,
-        "depth": 0,
-    }
-    if turn.zoom == "oracle":
-        block["gt"] = [query.gt_start, query.gt_end] if query is not None else None
-    return block
-
-
 def _length(window) -> float:
     return float(window[1]) - float(window[0])
 
@@ -128,7 +115,7 @@ def _key_spec(stored: dict) -> dict:
 
 def next_level_job(level: rows.LevelRow) -> queue.NewJob:
     """The job of the level below this one: the same turn on the window it chose."""
-    from egoqa.plan.planner import canonical, job_key
+    from egoqa.plan.jobs import canonical, job_key
 
     spec = _key_spec(level.spec)
     spec["media"] = {**spec["media"], "window": level.note["chosen"]}
@@ -175,7 +162,7 @@ def _follow(cur: Cursor, level: rows.LevelRow) -> list[int]:
 
 
 def _follow_jobs(cur: Cursor, config, style, level: rows.LevelRow) -> list[tuple]:
-    from egoqa.plan.planner import follow_up_jobs
+    from egoqa.plan.jobs import follow_up_jobs
 
     clip_row, query_row = rows.clip_and_query(cur, level.clip_id, level.query_id)
     window = level.note["final_window"]

@@ -14,7 +14,7 @@ from itertools import combinations
 import numpy as np
 
 from egoqa.report import stats
-from egoqa.report.summary import RunData, has_truth, status_of
+from egoqa.report.rundata import RunData, has_truth, status_of
 
 PROPORTIONS = ("coverage", "r1_03", "r1_05", "r5_03", "r5_05")
 PAIRED_METRICS = ("r1_03", "r1_05", "r5_03", "r5_05", "miou")

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from egoqa.answers.metrics import Outcome, Scores, failed_scores, summarize, union_length
 from egoqa.errors import EgoqaError
+from egoqa.report.compare import intervals, paired_all
+from egoqa.report.rundata import RunData, load_run, needs_scoring, outcome_of, status_of
+from egoqa.report.ungraded import answers_report
 from egoqa.store import results, skips
 from egoqa.store.db import Database
 from egoqa.store.read import run_exists
@@ -50,85 +52,7 @@ class UngradedRun(EgoqaError):
     """The run's style grades no turn (an answer-only baseline): it has answers, no scores."""
 
 
-@dataclass
-class RunData:
-    """One run's rows of the `results` view (plain dicts, in query order) and its settings."""
-
-    run: str
-    rows: list[dict]
-    config: dict
-    style: dict
-    graded_turn: str
-    created_at: float
-    enqueued_with: dict
-    skipped: list[skips.SkippedQuery] = field(default_factory=list)
-
-    @property
-    def oracle(self) -> bool:
-        """True when a zoom turn chose its windows by the ground truth (the original's oracle):
-        its scores are an upper bound, not a result, and every table and chart says so."""
-        return any(t.get("zoom") == "oracle" for t in self.style.get("turns", []))
-
-    @property
-    def graded(self) -> bool:
-        """False for an answer-only style: its results rows show answers and carry no scores."""
-        return any(t.get("graded") for t in self.style.get("turns", []))
-
-    @property
-    def ground_truth(self) -> bool:
-        """False for a run over queries without answer windows (the unannotated test split)."""
-        return any(has_truth(r) for r in self.rows)
-
-    @property
-    def samples(self) -> int:
-        """How many samples the graded turn drew (best-of-n is reported when more than one)."""
-        turns = [t for t in self.style.get("turns", []) if t.get("name") == self.graded_turn]
-        return int(turns[0].get("samples", 1)) if turns else 1
-
-
 # --- loading -----------------------------------------------------------------------------------
-
-
-def status_of(row: dict) -> str:
-    """done, failed or pending (blocked, ready or running)."""
-    state = row["state"]
-    return state if state in ("done", "failed") else "pending"
-
-
-def has_truth(row: dict) -> bool:
-    """The query has an answer window to score against."""
-    return row["gt_start"] is not None and row["gt_end"] is not None
-
-
-def needs_scoring(row: dict) -> bool:
-    """Finished, but its scores (or, without ground truth, its segments) are not stored yet."""
-    if status_of(row) != "done":
-        return False
-    return row["outcome"] is None if has_truth(row) else row["segments"] is None
-
-
-def outcome_of(row: dict) -> str:
-    """The scored outcome, or pending / unscored where the query has no scores yet."""
-    if row["outcome"] is not None:
-        return row["outcome"]
-    return "unscored" if status_of(row) == "done" else "pending"
-
-
-def load_run(db: Database, run: str) -> RunData:
-    """The run's results rows and settings; UnknownRun names the runs there are."""
-    run_exists(db, run)
-    meta = results.run_settings(db, run)
-    rows = results.run_results(db, run)
-    return RunData(
-        run=run,
-        rows=rows,
-        config=json.loads(meta["config"]),
-        style=json.loads(meta["style"]),
-        graded_turn=meta["graded_turn"],
-        created_at=meta["created_at"],
-        enqueued_with=json.loads(meta["provenance"] or "{}"),
-        skipped=skips.skipped_queries(db, run),
-    )
 
 
 def require_scorable(data: RunData) -> None:
@@ -265,7 +189,6 @@ def summary(data: RunData) -> dict[str, Any]:
 
 
 def _intervals(rows: Sequence[dict], values: dict) -> dict:
-    from egoqa.report.compare import intervals
 
     return intervals(rows, values)
 
@@ -395,8 +318,6 @@ def build(
     if require_finished:
         _finished(data)
     if not data.graded:
-        from egoqa.report.ungraded import answers_report
-
         return answers_report(data)
     methods = {r.get("cluster_method") for r in data.rows} - {None}
     return {
@@ -432,7 +353,6 @@ def _published(db: Database, data: RunData) -> dict | None:
 
 def _paired(db: Database, data: RunData, others: Sequence[str]) -> list[dict]:
     """Each pair of the compared runs, over the queries both finished (`egoqa.report.compare`)."""
-    from egoqa.report.compare import paired_all
 
     names = [r for r in dict.fromkeys(others) if r != data.run]
     return paired_all([data, *(load_run(db, r) for r in names)]) if names else []

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from egoqa.report.rundata import status_of
+
 ANSWER_CHARS = 120  # a table cell; results.json and --json carry the whole answer
 
 
 def answers_report(data) -> dict[str, Any]:
-    """The counts and the answers of an ungraded run (`data` is a report.RunData)."""
-    from egoqa.report.summary import status_of
-
+    """The counts and the answers of an ungraded run (`data` is a `RunData`)."""
     status = Counter(map(status_of, data.rows))
     summary = {
         "run": data.run,

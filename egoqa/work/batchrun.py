@@ -55,7 +55,7 @@ class Sizer:
 
     def for_spec(self, spec: dict) -> int:
         """The batch size for jobs like this one (called while a claim is being made)."""
-        from egoqa.plan.planner import media_key
+        from egoqa.plan.jobs import media_key
 
         key = media_key(spec["media"])
         learned = self.learned.get(key)

@@ -132,51 +132,10 @@ def served_from_config(config: RunConfig, model: str | None = None) -> Served:
 
 
 def load_backend_for(served: Served, device: str) -> Backend:
-    from egoqa.backends.base import load_backend
-    from egoqa.backends.modelpath import check_model_path
+    """The engine a worker serves, built as its registry entry says."""
+    from egoqa.backends import registry
 
-    engine = served.spec
-    if engine.get("backend") == "fake":
-        return load_backend("fake")
-    if engine.get("backend") == "openai":
-        openai = served.config.openai.model_copy(
-            update=served.config.openai.identity()
-            | {k: engine[k] for k in ("base_url", "image_format", "vllm_extensions") if k in engine}
-        )
-        backend = load_backend("openai", model=engine["model"], config=openai)
-        backend.check()
-        return backend
-    check_model_path(engine["model"])  # before the backend imports torch
-    check_weights(engine)
-    return load_backend(
-        "transformers",
-        model=engine["model"],
-        revision=engine.get("revision"),
-        dtype=engine["dtype"],
-        attn_implementation=engine.get("attn_implementation"),
-        quantization=engine.get("quantization"),
-        max_pixels=engine.get("max_pixels"),
-        trust_remote_code=bool(engine.get("trust_remote_code", False)),
-        device=device,
-        device_map=served.config.device_map,
-    )
-
-
-def check_weights(engine: dict) -> None:
-    """Refuse to serve jobs keyed by weights the model's directory no longer holds: their
-    answers would be stored under the old weights' keys."""
-    from egoqa.plan.fingerprint import model_fingerprint
-
-    expected, path = engine.get("weights"), engine["model"]
-    if not expected or not os.path.isdir(path):
-        return
-    found = model_fingerprint(path)
-    if found != expected:
-        raise EgoqaError(
-            f"the weights in {path} changed since these jobs were enqueued (fingerprint "
-            f"{found}, jobs keyed by {expected}): enqueue the run again to key it by the new "
-            "weights, or restore the old ones"
-        )
+    return registry.from_engine(served.spec, served.config, device)
 
 
 class Worker:
