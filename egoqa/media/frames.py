@@ -7,7 +7,6 @@ decode), keeps a per-process LRU cache and optionally an on-disk `.npz` cache.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import tempfile
 from collections import OrderedDict
@@ -19,6 +18,7 @@ import numpy as np
 
 from egoqa.backends.base import Frames
 from egoqa.errors import ConfigError, VideoError
+from egoqa.plan import samplers
 from egoqa.plan.config import SamplerConfig
 
 # How far past the end of the file a timestamp may fall before the file counts as truncated:
@@ -36,8 +36,10 @@ def sample_timestamps(spec: SamplerConfig, duration_sec: float) -> list[float]:
     Shots are detected in a video, not computed from a duration: `egoqa.media.shots` samples them.
     """
     _check_duration(duration_sec)
-    if spec.kind == "shots":
-        raise ConfigError("the shots sampler needs the clip's detected shots (egoqa.media.shots)")
+    if samplers.kind(spec.kind).detected:
+        raise ConfigError(
+            f"the {spec.kind} sampler needs the clip's detected shots (egoqa.media.shots)"
+        )
     return _even(_positions(spec, duration_sec))
 
 
@@ -50,8 +52,10 @@ def segment_timestamps(
     samples at `spec.fps` inside it. Both walk the union as one concatenated timeline.
     """
     _check_duration(duration_sec)
-    if spec.kind == "shots":
-        raise ConfigError("frames inside segments are sampled uniformly or densely, not by shots")
+    if samplers.kind(spec.kind).detected:
+        raise ConfigError(
+            f"frames inside segments are sampled uniformly or densely, not by {spec.kind}"
+        )
     union = _merge_segments(segments, duration_sec)
     length = sum(end - start for start, end in union)
     if length <= 0:
@@ -82,21 +86,7 @@ def _check_duration(duration_sec: float) -> None:
 
 
 def _positions(spec: SamplerConfig, length: float) -> list[float]:
-    if spec.kind == "uniform" and spec.endpoints and spec.frames > 1:
-        return [i * length / (spec.frames - 1) for i in range(spec.frames)]
-    if spec.kind == "uniform":
-        return [(i + 0.5) * length / spec.frames for i in range(spec.frames)]
-    count = max(1, math.ceil(length * spec.fps - 0.5))  # k with (k + 0.5) / R < length
-    grid = [(k + 0.5) / spec.fps for k in range(count)]
-    grid = [t for t in grid if t < length] or [length / 2]
-    return _thin(grid, spec.max_frames)
-
-
-def _thin(values: list[float], limit: int) -> list[float]:
-    """Keep `limit` evenly spread values (bin centres over the index range)."""
-    if len(values) <= limit:
-        return values
-    return [values[int((j + 0.5) * len(values) / limit)] for j in range(limit)]
+    return samplers.kind(spec.kind).positions(spec, length)
 
 
 def _even(timestamps: list[float]) -> list[float]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from egoqa.answers.metrics import parse_segments
 from egoqa.backends.base import Request, job_seed
+from egoqa.plan import samplers
 from egoqa.plan.config import generation_from, sampler_from
 from egoqa.plan.styles import render_template
 from egoqa.store.db import Database
@@ -67,9 +68,9 @@ def proposal_timestamps(sampler, windows: list, duration: float) -> list[float]:
     sampler's frames (at least two), or the dense sampler's rate inside it."""
     from egoqa.media.frames import segment_timestamps
 
-    if sampler.kind == "uniform":
-        share = max(2, sampler.frames // max(1, len(windows)))
-        sampler = sampler.model_copy(update={"frames": share})
+    sampler = sampler.model_copy(
+        update=samplers.kind(sampler.kind).per_window(sampler, len(windows))
+    )
     times = [t for s, e in windows for t in segment_timestamps(sampler, [(s, e)], duration)]
     return sorted(times)
 
@@ -80,7 +81,7 @@ def media_timing(
     """What the job shows: frame times, and with a shots sampler the shots they stand for."""
     media = spec["media"]
     sampler = media.get("sampler", {})
-    if sampler.get("kind") != "shots":
+    if not sampler or not samplers.kind(sampler["kind"]).detected:
         return Timing(media_timestamps(spec, duration, parents))
     from egoqa.media.shots import clip_shots
 

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from egoqa.errors import ConfigError
-from egoqa.plan import tomlfiles
+from egoqa.plan import samplers, tomlfiles
 
 
 class _Frozen(BaseModel):
@@ -42,7 +42,7 @@ class SamplerConfig(_Frozen):
     `stamp` draws each frame's time (a shot's range) onto it.
     """
 
-    kind: Literal["uniform", "dense", "shots"] = "uniform"
+    kind: str = "uniform"  # a name in `egoqa.plan.samplers`
     frames: Annotated[int, Field(ge=1, le=4096)] = 8
     fps: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_edge: Annotated[int, Field(ge=28, le=4096)] = 448
@@ -56,20 +56,18 @@ class SamplerConfig(_Frozen):
     split_sec: Annotated[float, Field(gt=0, le=3600)] = 20.0
     stamp: bool = False
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in samplers.KINDS:
+            raise ValueError(f"unknown sampler kind {value!r}: use {samplers.choices()}")
+        return value
+
     def identity(self) -> dict[str, Any]:
         """The fields that decide this sampler's frames (a job key holds these and no others)."""
-        keep = ["kind", "max_edge", "stamp", *SAMPLER_FIELDS[self.kind]]
-        if self.kind == "shots":
-            keep.append("threshold" if self.detector == "content" else "adaptive_threshold")
+        keep = ["kind", "max_edge", "stamp", *samplers.kind(self.kind).fields(self)]
         values = self.model_dump()
         return {k: values[k] for k in keep}
-
-
-SAMPLER_FIELDS = {
-    "uniform": ("frames", "endpoints"),
-    "dense": ("fps", "max_frames"),
-    "shots": ("max_shots", "detector", "min_shot_sec", "split_sec"),
-}
 
 
 class GenerationConfig(_Frozen):

@@ -10,7 +10,7 @@ import hashlib
 from pydantic import ValidationError
 
 from egoqa.errors import ConfigError
-from egoqa.plan import specjson
+from egoqa.plan import samplers, specjson
 from egoqa.plan.config import RunConfig, SamplerConfig, engine_id, key_engine, resolve_model_ref
 from egoqa.plan.dataset import Clip, Query
 from egoqa.plan.styles import TIMING_FIELDS, Style, Turn
@@ -48,7 +48,7 @@ def _sampler(config: RunConfig, turn: Turn) -> dict:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"turn {turn.name!r}: bad sampler ({problems})") from None
-    if sampler.kind == "shots" and turn.media not in ("frames", "none"):
+    if samplers.kind(sampler.kind).detected and turn.media not in ("frames", "none"):
         raise ConfigError(
             f"turn {turn.name!r} shows frames of {turn.media!r}: give it a uniform or dense "
             'sampler (e.g. sampler = {kind = "dense"} in the style, or --set '
@@ -108,12 +108,7 @@ def media_key(media: dict) -> str:
     if media["kind"] == "none":
         return "none"
     s = media["sampler"]
-    if s["kind"] == "uniform":
-        amount = f"{s['frames']}f"
-    elif s["kind"] == "shots":
-        amount = f"<={s['max_shots']}shots"
-    else:
-        amount = f"{s['fps']}fps<={s['max_frames']}"
+    amount = samplers.kind(s["kind"]).amount(s)
     return f"{media['kind']}:{s['kind']}:{amount}:{s['max_edge']}px"
 
 

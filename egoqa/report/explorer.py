@@ -22,6 +22,7 @@ from egoqa import __version__
 from egoqa.answers.metrics import parse_segments
 from egoqa.errors import EgoqaError
 from egoqa.media.thumbnails import ClipThumbs, spread, timestamp_ms
+from egoqa.plan import samplers
 from egoqa.report import summary as rp
 from egoqa.report.output import ensure_folder
 from egoqa.report.tables import tables
@@ -187,7 +188,7 @@ def _job_timestamps(db, job: dict, duration: float, responses: dict[str, str]) -
     media = job["spec"].get("media") or {"kind": "none"}
     if media["kind"] == "none" or job["state"] != "done":
         return []
-    if media.get("sampler", {}).get("kind") == "shots":
+    if samplers.kind(media["sampler"]["kind"]).detected:
         from egoqa.media.shots import stored_shots
 
         shots = stored_shots(db, media, duration)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from egoqa.plan import samplers
+
 PATCH = 14
 MERGE = 2
 TEMPORAL_PATCH = 2
@@ -30,11 +32,7 @@ def frames_in(media: dict) -> int:
     if media.get("kind", "none") == "none":
         return 0
     s = media["sampler"]
-    if s["kind"] == "uniform":
-        return s["frames"] + s["frames"] % 2
-    if s["kind"] == "shots":  # at most one keyframe per shot
-        return s["max_shots"] + s["max_shots"] % 2
-    return min(s["max_frames"], math.ceil(s["fps"] * float(media.get("duration", 0.0))) + 1)
+    return samplers.kind(s["kind"]).frames(s, float(media.get("duration", 0.0)))
 
 
 def text_tokens(prompt_chars: int, max_new_tokens: int) -> int:

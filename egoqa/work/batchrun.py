@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from egoqa.backends.base import Backend, Request, Result
 from egoqa.errors import OutOfMemory, VideoError
+from egoqa.plan import samplers
 from egoqa.plan.config import BatchConfig
 from egoqa.store import limits, queue
 from egoqa.store.db import Database
@@ -173,7 +174,7 @@ class BatchRunner:
         wanted = []
         for job in claim.jobs:
             media = job.spec["media"]
-            if media["kind"] == "none" or media["sampler"]["kind"] == "shots":
+            if media["kind"] == "none" or samplers.kind(media["sampler"]["kind"]).detected:
                 continue  # nothing to decode; keyframes wait for the shots, found when prepared
             path, offset, duration = self.clip(job.clip_id)
             chosen = {SEGMENTS: parents.get(media.get("from"), "") or ""}
