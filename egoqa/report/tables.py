@@ -5,6 +5,7 @@ never pushes a table past an 80-column terminal."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from egoqa.report.summary import (
@@ -12,9 +13,11 @@ from egoqa.report.summary import (
     METRIC_NAMES,
     METRICS,
     load_run,
+    oracle_label,
     require_finished,
     summary,
 )
+from egoqa.report.ungraded import answer_tables
 from egoqa.store.db import Database
 
 ANSWERS_SHOWN = 20  # a test split has thousands of queries: the export holds them all
@@ -185,47 +188,93 @@ def _answers_table(report: dict) -> TableSpec:
     return TableSpec(title, ["query", "clip", "idx", "status", "top window"], rows, True)
 
 
+def _run(report: dict) -> list[TableSpec]:
+    return [TableSpec(f"run {report['summary']['run']}", *_summary_table(report["summary"]))]
+
+
+def _unit(report: dict) -> str:
+    return " (%)" if report["summary"]["ground_truth"] else ""
+
+
+def _by(key: str) -> Callable[[dict], list[TableSpec]]:
+    def table(report: dict) -> list[TableSpec]:
+        columns, rows = _metric_table(report["by_" + key], key)
+        return [TableSpec(f"by {key.replace('_', ' ')}{_unit(report)}", columns, rows, True)]
+
+    return table
+
+
+def _by_cluster(report: dict) -> list[TableSpec]:
+    if not report.get("by_cluster"):
+        return []
+    title = f"by cluster of meaning ({report['cluster_method']}{', %' if _unit(report) else ''})"
+    return [TableSpec(title, *_metric_table(report["by_cluster"], "cluster"), True)]
+
+
+def _outcomes(report: dict) -> list[TableSpec]:
+    if not report["outcomes"]:
+        return []
+    # "type" for query_type: the nine columns then fit an 80-column terminal whole
+    columns = ["type" if c == "query_type" else c for c in report["outcomes"][0]]
+    rows = [tuple(r.values()) for r in report["outcomes"]]
+    return [TableSpec("outcomes by query type", columns, rows, True)]
+
+
+def _answers(report: dict) -> list[TableSpec]:
+    return [_answers_table(report)] if report["answers"] else []
+
+
+def _failures(report: dict) -> list[TableSpec]:
+    if not report["failures"]:
+        return []
+    rows = [
+        (f["kind"], f["jobs"], ", ".join(f["turns"]), f["queries"], (f["example"] or "")[:100])
+        for f in report["failures"]
+    ]
+    return [TableSpec("failures", ["kind", "jobs", "turns", "queries lost", "example"], rows)]
+
+
+def _paired(report: dict) -> list[TableSpec]:
+    return paired_tables(report["paired"]) if report.get("paired") else []
+
+
+def _compared(report: dict) -> list[TableSpec]:
+    if not report["compare"]:
+        return []
+    shown = [r | {"run": oracle_label(r)} for r in report["compare"]]
+    return [TableSpec("runs compared (%)", *_metric_table(shown, "run"), True)]
+
+
+def _published(report: dict) -> list[TableSpec]:
+    return [published_table(report)] if report.get("published") else []
+
+
+def _cost(report: dict) -> list[TableSpec]:
+    return [_cost_table(report["cost"])] if report.get("cost") else []
+
+
+# The tables of a graded run's report, in the order `egoqa report` prints them: a new table is
+# one entry here (its builder reads the built report; it returns no table when it has nothing).
+TABLES: tuple[tuple[str, Callable[[dict], list[TableSpec]]], ...] = (
+    ("run", _run),
+    ("by_query_type", _by("query_type")),
+    ("by_template", _by("template")),
+    ("by_cluster", _by_cluster),
+    ("outcomes", _outcomes),
+    ("answers", _answers),
+    ("failures", _failures),
+    ("paired", _paired),
+    ("compared", _compared),
+    ("published", _published),
+    ("cost", _cost),
+)
+
+
 def tables(report: dict) -> list[TableSpec]:
     """Each table of `egoqa report`, in the order shown."""
     if report["summary"].get("graded") is False:  # an answer-only run
-        from egoqa.report.ungraded import answer_tables
-
         return [TableSpec(*table) for table in answer_tables(report)]
-    run = report["summary"]["run"]
-    unit = " (%)" if report["summary"]["ground_truth"] else ""
-    out = [TableSpec(f"run {run}", *_summary_table(report["summary"]))]
-    for key in ("query_type", "template"):
-        columns, rows = _metric_table(report["by_" + key], key)
-        out.append(TableSpec(f"by {key.replace('_', ' ')}{unit}", columns, rows, True))
-    if report.get("by_cluster"):
-        title = f"by cluster of meaning ({report['cluster_method']}{', %' if unit else ''})"
-        out.append(TableSpec(title, *_metric_table(report["by_cluster"], "cluster"), True))
-    if report["outcomes"]:
-        # "type" for query_type: the nine columns then fit an 80-column terminal whole
-        columns = ["type" if c == "query_type" else c for c in report["outcomes"][0]]
-        rows = [tuple(r.values()) for r in report["outcomes"]]
-        out.append(TableSpec("outcomes by query type", columns, rows, True))
-    if report["answers"]:
-        out.append(_answers_table(report))
-    if report["failures"]:
-        rows = [
-            (f["kind"], f["jobs"], ", ".join(f["turns"]), f["queries"], (f["example"] or "")[:100])
-            for f in report["failures"]
-        ]
-        out.append(
-            TableSpec("failures", ["kind", "jobs", "turns", "queries lost", "example"], rows)
-        )
-    if report.get("paired"):
-        out += paired_tables(report["paired"])
-    if report["compare"]:
-        from egoqa.report.summary import oracle_label
-
-        shown = [r | {"run": oracle_label(r)} for r in report["compare"]]
-        out.append(TableSpec("runs compared (%)", *_metric_table(shown, "run"), True))
-    if report.get("published"):
-        out.append(published_table(report))
-    if report.get("cost"):
-        out.append(_cost_table(report["cost"]))
+    out = [table for _, build in TABLES for table in build(report)]
     if report["summary"].get("oracle"):
         out = [dataclasses.replace(t, title=t.title + ORACLE) for t in out]
     return out
