@@ -1,5 +1,5 @@
 """`egoqa report` and `egoqa export`: metrics on hand-built predictions agree three ways (report,
-the `results` view, evaluate.summarize), rescoring needs no model, the files of a real run, and
+the `results` view, answers.metrics.summarize), rescoring needs no model, the files of a real run, and
 the light commands never import torch."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What responses say about time: the one grammar for time ranges, verdicts and confidence scores.
 
-Every reader uses it: segment parsing for scoring (`evaluate`), the format filters of sample
+Every reader uses it: segment parsing for scoring (`answers.metrics`), the format filters of sample
 selection (`selection`) and the choice of a zoom window (`zoom`). Ranges are read line by line;
 a line's ranges come left to right as (start, end, written as zero-length) in seconds.
 """

@@ -12,7 +12,7 @@
   median centre inside the fullest bin (the earliest on ties) is used.
 
 Each prediction becomes a job that is already done: model `prior:NAME`, its response the window
-written as `[start s] - [end s]`, which `evaluate.parse_segments` reads like a model's answer.
+written as `[start s] - [end s]`, which `answers.metrics.parse_segments` reads like a model's answer.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Reading a run: metrics and breakdowns over the `results` view, as plain data and as tables.
 
 Every enqueued query counts: a failed or still pending one is a miss. Metrics are computed by
-`evaluate.summarize`, so the report, the views and a hand computation agree. A run without
+`answers.metrics.summarize`, so the report, the views and a hand computation agree. A run without
 ground truth (the unannotated test split) has counts and answers, no metrics. The records its
 annotation files held that could not be enqueued are counted beside the scores. The files a
-report writes are `report_files`'s, the official prediction file `export`'s. Nothing prints here.
+report writes are `report.files`'s, the official prediction file `report.export`'s. Nothing prints here.
 """
 
 from __future__ import annotations
