@@ -36,7 +36,7 @@ def enqueue(cli: InProcess, data: SynthPaths, *extra, annotations: Path | None =
 
 
 def shots_style(tmp_path: Path, window: str) -> Path:
-    text = (resources.files("egoqa") / "styles" / "coarse_cot_shots.toml").read_text()
+    text = (resources.files("egoqa.plan") / "styles" / "coarse_cot_shots.toml").read_text()
     path = tmp_path / f"zoom_{window.strip('+-')}.toml"
     path.write_text(text.replace("window_sec = 20", f"window_sec = {window}"))
     return path
@@ -62,7 +62,7 @@ def test_set_refuses_non_finite_numbers(cli, data, assignment):
 
 
 def test_a_config_file_with_a_non_finite_number_is_refused(cli, data, tmp_path):
-    preset = (resources.files("egoqa") / "presets" / "baseline.toml").read_text()
+    preset = (resources.files("egoqa.plan") / "presets" / "baseline.toml").read_text()
     path = tmp_path / "mine.toml"
     path.write_text(preset + "\n[batch]\nper_sample_gb = inf\n")
     p = cli(

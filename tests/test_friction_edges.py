@@ -14,7 +14,9 @@ from test_bad_input import error_line
 
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
-SHOTS = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
+SHOTS = (
+    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from test_explorer import browser  # noqa: F401 -- fixture
 
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
-STYLE = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
+STYLE = (
+    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
+)
 CLIP_SEC = 60.0
 
 

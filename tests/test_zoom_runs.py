@@ -22,7 +22,9 @@ from conftest import Cli
 from helpers import wait_until
 
 ORACLE = "[oracle zoom: the ground truth chose each window]"
-STYLE = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
+STYLE = (
+    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
+)
 
 
 @pytest.fixture(scope="module")
