@@ -8,7 +8,7 @@ import sys
 import pytest
 import typer
 
-from egoqa.cli import app
+from egoqa.cli.app import app
 
 from conftest import enqueue_args
 
@@ -18,7 +18,7 @@ HEAVY = ("torch", "transformers", "decord", "qwen_vl_utils")
 def light_check(args: list[str]) -> list[str]:
     """Run a command in-process in a fresh interpreter; return the heavy modules it imported."""
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom egoqa.cli import app\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom egoqa.cli.app import app\n"
         f"r = CliRunner().invoke(app, {args!r})\n"
         "assert r.exit_code == 0, r.output\n"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"

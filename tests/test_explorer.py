@@ -172,7 +172,7 @@ def test_html_report_decodes_frames_without_torch_and_plain_report_without_decor
 ):
     script = f"""
 import sys
-from egoqa.cli import app
+from egoqa.cli.app import app
 def run(*args):
     try:
         app(["--db", {str(explored.db)!r}, "report", "--run", "main", *args])

@@ -15,7 +15,7 @@ import typer.main
 from inproc import InProcess
 from test_bad_input import error_line
 
-from egoqa.cli import app
+from egoqa.cli.app import app
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from conftest import Cli, copy_db
@@ -135,7 +135,7 @@ def test_work_is_quiet_by_default_and_verbose_with_v_after_the_subcommand(
     copy_db(worked[0], db_path)
     InProcess(db_path, tmp_path)(*enqueue_args(data, "--run", "b", "--set", "generation.seed=1"))
     loud = Cli(db_path, tmp_path)("work", "-v", "--until-done").stderr
-    assert re.search(r" INFO egoqa\.worker: job \d+ done", loud), loud
+    assert re.search(r" INFO egoqa\.work\.worker: job \d+ done", loud), loud
 
 
 # --- help and suggestions ---------------------------------------------------------------------

@@ -251,7 +251,7 @@ def test_report_and_sql_do_not_import_torch(cli, hand_run, db_path, tmp_path):
     script = f"""
 import sys
 from pathlib import Path
-from egoqa.cli import app
+from egoqa.cli.app import app
 for args in (["report", "--run", "hand", "--out", {str(tmp_path / "o")!r}],
              ["export", "--run", "hand"], ["sql", "SELECT COUNT(*) FROM results"]):
     try:

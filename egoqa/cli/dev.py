@@ -1,6 +1,5 @@
 """The offline commands: `egoqa demo` (the whole real path on the tiny model and a synthetic
-dataset) and `egoqa dev` (build those inputs). `egoqa.cli.app` is imported inside the commands: it
-imports this module while it is being built."""
+dataset) and `egoqa dev` (build those inputs); `egoqa.cli.app` adds them (`register`)."""
 
 from __future__ import annotations
 

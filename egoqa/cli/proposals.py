@@ -1,6 +1,5 @@
 """`egoqa proposals import`: a grounding model's candidate windows into the database, and the
-enqueue of `--config proposals:NAME` (the set scored as it is, no model). `egoqa.cli.app` is
-imported inside the commands: it imports this module while it is being built."""
+enqueue of `--config proposals:NAME` (the set scored as it is, no model)."""
 
 from __future__ import annotations
 

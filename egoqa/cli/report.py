@@ -2,9 +2,7 @@
 and the enqueue of prior-only baselines (runs that need no model).
 
 `report` and `export` read the database only (`--rescore` aside) and never import torch,
-transformers or decord (`--html` imports the frame decoder for thumbnails, and only then).
-`egoqa.cli.app` is imported inside the commands: it imports this module while it is being built.
-"""
+transformers or decord (`--html` imports the frame decoder for thumbnails, and only then)."""
 
 from __future__ import annotations
 

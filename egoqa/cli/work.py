@@ -1,8 +1,7 @@
 """`egoqa work`: start worker processes (one per GPU group, or on the CPU), supervise them, and
 show their progress; or run one worker in this process.
 
-Imported by `egoqa.cli.app` after its app is built (`register`); torch and the backends load only when
-a worker starts.
+`egoqa.cli.app` adds it (`register`); torch and the backends load only when a worker starts.
 """
 
 from __future__ import annotations
