@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from egoqa.dataset import Clip, Dataset, Query, Skipped
-from egoqa.synth import TEMPLATES
+from egoqa.dev.synth import TEMPLATES
+from egoqa.plan.dataset import Clip, Dataset, Query, Skipped
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -122,7 +122,7 @@ def _repeatable(counts: list[int], skip_at: set[int]) -> list[int]:
 
 def shared_video(directory: Path) -> Path:
     """A tiny real mp4 that every synthetic clip points at (enqueue reads its identity only)."""
-    from egoqa.synth import is_rendered, render_clip
+    from egoqa.dev.synth import is_rendered, render_clip
 
     path = Path(directory) / "shared.mp4"
     if not is_rendered(path, 1.0, fps=5, size=(64, 48)):

@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egoqa.dataset import load_nlq
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
 from egoqa.store.db import open_db
-from egoqa.worker import Worker, WorkerOptions, resolve_engine
+from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
 
 @dataclass
@@ -116,9 +116,9 @@ def run_original(db_path: Path, data, config, backend, decoder, device: str) -> 
     the original, which extracted every frame to JPEG first and rewrote its whole JSON output
     after every query; neither cost is counted here.
     """
-    from egoqa import rendering
-    from egoqa.recording import Prepared, _kept_sample
+    from egoqa.media import rendering
     from egoqa.store.work import clip_video
+    from egoqa.work.recording import Prepared, _kept_sample
 
     db = fresh_db(db_path, data, config)
     style = load_style(config.style)

@@ -13,7 +13,7 @@ wrote. The other columns are computed here, independently of egoqa's planner:
 - original: per-clip turns cached under `video_uid:turn` (so clips of one video share — and
   get another clip's answer), every other turn once per query.
 
-Visual tokens are the prefill tokens of the frames each call shows (egoqa.batching.visual_tokens;
+Visual tokens are the prefill tokens of the frames each call shows (egoqa.work.batching.visual_tokens;
 0 for text turns), times the samples drawn (the backend runs each sample as a row).
 The script asserts egoqa == lower bound.
 
@@ -30,12 +30,12 @@ from pathlib import Path
 
 from _common import banner, nlq_shaped_dataset, shared_video, table
 
-from egoqa.batching import frames_in, visual_tokens
-from egoqa.config import RunConfig, load_config
-from egoqa.dataset import Clip, Dataset
-from egoqa.plan import enqueue_run
-from egoqa.prompts import Style, Turn, load_style
+from egoqa.plan.config import RunConfig, load_config
+from egoqa.plan.dataset import Clip, Dataset
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import Style, Turn, load_style
 from egoqa.store.db import open_db
+from egoqa.work.batching import frames_in, visual_tokens
 
 # Each built-in style with the preset the original pipeline ran it under.
 STYLES = {

@@ -3,7 +3,7 @@
 Part 1 — 480 frames (1 fps) resized to a 224 px long edge from a rendered H.264 clip (keyframe
 every 250 frames, as long-GOP as Ego4D's), by:
 
-- egoqa: `egoqa.frames.FrameDecoder` (decord, resized at decode, `get_batch`), cold; and the
+- egoqa: `egoqa.media.frames.FrameDecoder` (decord, resized at decode, `get_batch`), cold; and the
   same decoder asked again (its per-process cache);
 - the original pipeline: OpenCV seek to each frame + a JPEG write per frame, then the JPEGs
   read back and resized;
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from _common import CACHE, banner, table
 
-from egoqa.dataset import Clip, Dataset, Query
-from egoqa.frames import FrameDecoder, SamplerConfig, resized_size, sample_timestamps
-from egoqa.synth import is_rendered, read_frame_index, render_clip
+from egoqa.dev.synth import is_rendered, read_frame_index, render_clip
+from egoqa.media.frames import FrameDecoder, SamplerConfig, resized_size, sample_timestamps
+from egoqa.plan.dataset import Clip, Dataset, Query
 
 FPS, SIZE, GOP, MAX_EDGE = 30, (640, 360), 250, 224
 ORIGINAL = "original: OpenCV seek per frame + JPEG write, read back"
@@ -180,13 +180,13 @@ def part1(path: Path, duration: float, repeats: int) -> tuple[list[list], int]:
 
 def part2(path: Path, duration: float, style_name: str, queries: int = 10) -> dict[str, object]:
     """Run a real worker (fake backend) over `queries` queries on one clip; count decodes."""
-    from egoqa import rendering
     from egoqa.backends.fake import FakeBackend
-    from egoqa.config import load_config
-    from egoqa.plan import enqueue_run
-    from egoqa.prompts import load_style
+    from egoqa.media import rendering
+    from egoqa.plan.config import load_config
+    from egoqa.plan.planner import enqueue_run
+    from egoqa.plan.styles import load_style
     from egoqa.store.db import open_db
-    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
     config = load_config("dense", ["backend=fake"])
     style = load_style(style_name)

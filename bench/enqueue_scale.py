@@ -36,10 +36,10 @@ from pathlib import Path
 
 from _common import Timing, banner, fmt, nlq_shaped_dataset, shared_video, table
 
-from egoqa.config import load_config
-from egoqa.dataset import Dataset
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import Dataset
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
 from egoqa.store.db import open_db
 
 

@@ -5,7 +5,7 @@ enqueued with style `stage_analysis` under the `coarse` preset (4 turns, the gra
 times), its responses planted through the queue (no model): realistic answers with windows near
 the truth, 5 % of the graded answers unparseable, the clips of 1 % of the queries failing on an
 unreadable video, the jobs of 2 % of the clips left pending (a run still working). Then scored,
-clustered and written by `egoqa.explorer.write_explorer` without thumbnails (every clip of the
+clustered and written by `egoqa.report.explorer.write_explorer` without thumbnails (every clip of the
 workload is a window of one tiny file). Thumbnails are measured apart: 5 clips of 11 queries on a
 rendered 480 s clip, 8 thumbnails per turn, and their cost per clip is scaled to 415 clips.
 
@@ -31,16 +31,16 @@ from pathlib import Path
 
 from _common import CACHE, banner, nlq_shaped_dataset, shared_video, table
 
-from egoqa.clusters import cluster_run
-from egoqa.config import load_config
-from egoqa.dataset import Clip, Dataset, Query
-from egoqa.explorer import write_explorer
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
-from egoqa.scoring import score_items
+from egoqa.answers.scoring import score_items
+from egoqa.dev.synth import TEMPLATES
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import Clip, Dataset, Query
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
+from egoqa.report.clusters import cluster_run
+from egoqa.report.explorer import write_explorer
 from egoqa.store import queue
 from egoqa.store.db import open_db
-from egoqa.synth import TEMPLATES
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -205,7 +205,7 @@ def thumbnail_cost(
 ) -> dict[str, float]:
     """Thumbnails for `clips` clips of 480 s (one rendered 320x240 10 fps H.264 file), scaled to
     415 clips: the time of writing the explorer with them minus without them (best of two)."""
-    from egoqa.synth import is_rendered, render_clip
+    from egoqa.dev.synth import is_rendered, render_clip
 
     video = CACHE / f"explorer-{seconds:.0f}s.mp4"
     CACHE.mkdir(exist_ok=True)

@@ -33,11 +33,11 @@ from _common import CACHE, banner, table
 from _gpu_model import build, linear_params
 from _gpu_systems import run_egoqa, run_original
 
-from egoqa.batchrun import DECODE_STEP_TOKENS
-from egoqa.config import load_config
-from egoqa.frames import FrameDecoder
-from egoqa.synth import write_synth_dataset
-from egoqa.tinymodel import build_tiny_model
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.dev.tinymodel import build_tiny_model
+from egoqa.media.frames import FrameDecoder
+from egoqa.plan.config import load_config
+from egoqa.work.batchrun import DECODE_STEP_TOKENS
 
 
 @dataclass
@@ -126,8 +126,8 @@ def _version(package: str) -> str:
 
 def hardware(built, plan: Plan, device: str, dtype) -> dict:
     """The bounds and plain `generate`'s decode and prefill rates; prints their tables."""
-    from egoqa.backends.sampling import SeededSampling
-    from egoqa.config import GenerationConfig
+    from egoqa.backends.token_sampling import SeededSampling
+    from egoqa.plan.config import GenerationConfig
 
     bw = limits.copy_bandwidth(device, plan.copy_mb)
     flops = limits.matmul_rate(device, dtype, plan.matmul_n)

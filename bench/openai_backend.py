@@ -29,14 +29,14 @@ from pathlib import Path
 from _common import CACHE, banner, table
 
 from egoqa.backends import openai as client
-from egoqa.config import load_config
-from egoqa.dataset import load_nlq
-from egoqa.devserver import DevServer
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
+from egoqa.dev.server import DevServer
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
-from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
+from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
 LATENCY_S = 0.2
 
@@ -103,7 +103,7 @@ class Encoding:
 SERVER = """
 import sys
 from egoqa.backends.fake import FakeBackend
-from egoqa.devserver import DevServer, Faults
+from egoqa.dev.server import DevServer, Faults
 server = DevServer(FakeBackend(), sys.argv[1], Faults(latency_s=float(sys.argv[2])))
 print(server.port, flush=True)
 server.serve_forever()
@@ -144,7 +144,7 @@ def client_side(data, model: str, tmp: Path, concurrency: int, repeats: int) -> 
 
 
 def protocol(data, model: str, tmp: Path, repeats: int) -> list[list]:
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
 
     tiny = load_backend("transformers", model=model, dtype="float32", device="cpu")
     server = DevServer(tiny, model).start()
@@ -184,7 +184,7 @@ def main(argv: list[str]) -> int:
     print(banner("openai_backend", argv), flush=True)
     import torch
 
-    from egoqa.tinymodel import build_tiny_model
+    from egoqa.dev.tinymodel import build_tiny_model
 
     # One intra-op thread everywhere: a thread the server answers on starts with one, and on a
     # busy 2-core machine two threads in the worker's main thread were 5x slower than one.

@@ -2,7 +2,7 @@
 
 Workload: 5 runs over the 4,548 usable queries of NLQ v2 val, on 415 clips of the skewed sizes
 of section 1 (`_common.skewed_counts`), each query's scores planted with a clip effect (easy and
-hard clips) as `results` rows. Timed: `egoqa.compare.paired_all` (every pair of the 5 runs: 10
+hard clips) as `results` rows. Timed: `egoqa.report.compare.paired_all` (every pair of the 5 runs: 10
 paired clip bootstraps of 5 metrics, 10,000 resamples each, and 10 McNemar tests, from the rows),
 and each run's `egoqa.report.summary` with its intervals (Wilson for the rates, the clip bootstrap for mIoU and
 mean R@1), as `egoqa report --run A --compare B C D E` computes them.
@@ -18,9 +18,9 @@ import sys
 
 from _common import NLQ_V2_VAL, banner, repeat, skewed_counts, table
 
-from egoqa.compare import paired_all
-from egoqa.report import RunData, summary
-from egoqa.stats import resample_weights
+from egoqa.report.compare import paired_all
+from egoqa.report.stats import resample_weights
+from egoqa.report.summary import RunData, summary
 
 RUNS = 5
 

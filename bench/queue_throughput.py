@@ -60,10 +60,10 @@ LEASE_S = 600.0
 
 def realistic_spec() -> str:
     """A real per-query job spec (stage_analysis' answer turn under the `coarse` preset)."""
-    from egoqa.config import load_config
-    from egoqa.dataset import Clip, Query
-    from egoqa.plan import canonical, turn_spec
-    from egoqa.prompts import load_style
+    from egoqa.plan.config import load_config
+    from egoqa.plan.dataset import Clip, Query
+    from egoqa.plan.jobs import canonical, turn_spec
+    from egoqa.plan.styles import load_style
 
     config, style = load_config("coarse"), load_style("stage_analysis")
     clip = Clip("clip-0", "video-0", Path("clip-0.mp4"), 0.0, 480.0, "val")

@@ -1,7 +1,7 @@
 """What per-job seeded sampling costs, against transformers' own sampling, in the same run.
 
 egoqa samples by greedy search over Gumbel-perturbed logits with one seeded generator per row
-(`egoqa.backends.sampling.SeededSampling`), so a job's answer never depends on its batch. The
+(`egoqa.backends.token_sampling.SeededSampling`), so a job's answer never depends on its batch. The
 cost is one draw of a vocabulary-sized uniform vector per row per decode step, on top of the
 same temperature / top-k / top-p filtering. Two measurements:
 
@@ -38,8 +38,8 @@ def logits_step(batch: int, repeats: int) -> tuple[float, float]:
     import torch
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from egoqa.backends.sampling import SeededSampling
-    from egoqa.config import GenerationConfig
+    from egoqa.backends.token_sampling import SeededSampling
+    from egoqa.plan.config import GenerationConfig
 
     settings = GenerationConfig(do_sample=True, temperature=0.8, top_p=0.95, top_k=50)
     scores = torch.randn(batch, VOCAB)
@@ -67,10 +67,10 @@ def generate_calls(batch: int, repeats: int) -> tuple[float, float]:
     import torch
 
     from egoqa.backends.base import Request
-    from egoqa.backends.sampling import SeededSampling
+    from egoqa.backends.token_sampling import SeededSampling
     from egoqa.backends.transformers import TransformersBackend, _group_rows
-    from egoqa.config import GenerationConfig
-    from egoqa.tinymodel import build_tiny_model
+    from egoqa.dev.tinymodel import build_tiny_model
+    from egoqa.plan.config import GenerationConfig
 
     backend = TransformersBackend(str(build_tiny_model(CACHE / "tiny-qwen2.5-vl")), device="cpu")
     settings = GenerationConfig(max_new_tokens=32, do_sample=True)

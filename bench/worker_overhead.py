@@ -1,8 +1,8 @@
 """Worker overhead: the share of a worker's wall time spent outside the backend's `generate`.
 
-A real in-process `egoqa.worker.Worker` runs a small synthetic dataset (rendered clips, see
-`egoqa.synth.write_synth_dataset`) to the end with the tiny Qwen2.5-VL on CPU (built offline
-by `egoqa.tinymodel.build_tiny_model`; both cached under `bench/.cache/`), on the `demo`
+A real in-process `egoqa.work.worker.Worker` runs a small synthetic dataset (rendered clips, see
+`egoqa.dev.synth.write_synth_dataset`) to the end with the tiny Qwen2.5-VL on CPU (built offline
+by `egoqa.dev.tinymodel.build_tiny_model`; both cached under `bench/.cache/`), on the `demo`
 preset: stage_analysis, 8 uniform frames at 112 px, batches of 8, 24 new tokens.
 
 The worker's own parts are timed by wrapping them (nothing in egoqa is changed): claim and
@@ -31,16 +31,17 @@ from pathlib import Path
 
 from _common import CACHE, banner, table
 
-from egoqa import rendering, scoring
-from egoqa.config import load_config
-from egoqa.dataset import load_nlq
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
+from egoqa.answers import scoring
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.dev.tinymodel import build_tiny_model
+from egoqa.media import rendering
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
 from egoqa.store import limits, queue
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
-from egoqa.tinymodel import build_tiny_model
-from egoqa.worker import (
+from egoqa.work.worker import (
     Worker,
     WorkerOptions,
     load_backend_for,

@@ -1,5 +1,5 @@
 """`python -m egoqa` runs the CLI (the supervisor starts its workers this way)."""
 
-from egoqa.cli import main
+from egoqa.cli.app import main
 
 main()

@@ -63,7 +63,9 @@ class UpstreamAuthError(EgoqaError):
     """The server refused the API key (401/403): the worker stops and its jobs stay ready; set
     the variable `api_key_env` names to a key the server accepts."""
 
-    exit_code = 3  # egoqa.supervisor.WORKER_CANNOT_START: a restarted worker would be refused too
+    exit_code = (
+        3  # egoqa.work.supervisor.WORKER_CANNOT_START: a restarted worker would be refused too
+    )
 
 
 class ModelLoadError(EgoqaError):

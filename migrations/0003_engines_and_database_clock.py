@@ -26,7 +26,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _engine_id(engine: dict) -> str:
-    # Frozen copy of egoqa.config.engine_id: a migration must not change with the code.
+    # Frozen copy of egoqa.plan.config.engine_id: a migration must not change with the code.
     text = json.dumps(engine, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

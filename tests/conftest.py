@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from egoqa.synth import SynthPaths, write_synth_dataset
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def synth(tmp_path_factory) -> SynthPaths:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from egoqa.tinymodel import build_tiny_model
+    from egoqa.dev.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from egoqa.backends.base import Frames
-from egoqa.config import SamplerConfig
-from egoqa.frames import FrameDecoder, sample_timestamps
-from egoqa.synth import render_clip
+from egoqa.dev.synth import render_clip
+from egoqa.media.frames import FrameDecoder, sample_timestamps
+from egoqa.plan.config import SamplerConfig
 
 CLIP_SEC = 24.0
 CLIP_FPS = 10

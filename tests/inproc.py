@@ -1,5 +1,5 @@
 """The real `egoqa` entry point run inside the test process: the same parsing, commands and
-error boundary (`egoqa.cli.main`) as the console script, without a Python start-up per call.
+error boundary (`egoqa.cli.app.main`) as the console script, without a Python start-up per call.
 
 `conftest.Cli` starts a subprocess; use that wherever a process of its own matters (workers,
 signals, imports, files left behind by a crash).
@@ -27,7 +27,7 @@ class InProcess:
     def __call__(
         self, *args, check: bool = True, env: dict | None = None
     ) -> subprocess.CompletedProcess:
-        from egoqa.cli import main
+        from egoqa.cli.app import main
 
         argv = ["egoqa", *(["--db", self.db] if self.db else []), *map(str, args)]
         out, err = io.StringIO(), io.StringIO()

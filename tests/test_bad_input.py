@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 from egoqa.errors import ConfigError
-from egoqa.prompts import style_names
+from egoqa.plan.styles import style_names
 from egoqa.store.db import head_revision
-from egoqa.synth import SynthPaths, write_synth_dataset
 
 from conftest import Cli, copy_db
 
@@ -558,7 +558,7 @@ def test_a_style_template_with_stray_braces_says_to_escape_them(
 
 
 def shots_style(tmp_path: Path, window: str) -> Path:
-    text = (resources.files("egoqa") / "styles" / "coarse_cot_shots.toml").read_text()
+    text = (resources.files("egoqa.plan") / "styles" / "coarse_cot_shots.toml").read_text()
     path = tmp_path / f"zoom_{window.strip('+-')}.toml"
     path.write_text(text.replace("window_sec = 20", f"window_sec = {window}"))
     return path
@@ -610,7 +610,7 @@ def test_set_refuses_non_finite_numbers(egoqa, pristine, assignment):
 
 
 def test_a_config_file_with_a_non_finite_number_is_refused(egoqa, pristine, tmp_path):
-    preset = (resources.files("egoqa") / "presets" / "baseline.toml").read_text()
+    preset = (resources.files("egoqa.plan") / "presets" / "baseline.toml").read_text()
     path = tmp_path / "mine.toml"
     path.write_text(preset + "\n[batch]\nper_sample_gb = inf\n")
     p = egoqa(*enqueue(pristine, config=str(path)), check=False)
@@ -668,7 +668,7 @@ def test_a_video_truncated_to_zero_bytes_fails_only_its_jobs(egoqa, db, pristine
 
 def test_a_video_that_became_a_symlink_loop_fails_as_unreadable_not_as_a_bug(tmp_path):
     from egoqa.errors import VideoError
-    from egoqa.frames import FrameDecoder
+    from egoqa.media.frames import FrameDecoder
 
     loop = tmp_path / "clip.mp4"
     loop.symlink_to(loop.name)  # what the worker meets when the file is replaced after enqueue
@@ -738,7 +738,7 @@ def test_gpus_on_a_machine_without_cuda_are_refused_before_any_worker_starts(
 
 
 def test_gpu_device_files_are_counted_and_too_few_are_refused(tmp_path):
-    from egoqa.devices import device_file_count, require_gpus
+    from egoqa.work.devices import device_file_count, require_gpus
 
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-modeset"):
         (tmp_path / name).touch()

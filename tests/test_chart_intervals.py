@@ -8,7 +8,7 @@ import math
 import pytest
 from inproc import InProcess
 
-from egoqa.charts import _error_arms, charts, fold_small, rate_errors
+from egoqa.report.charts import _error_arms, charts, fold_small, rate_errors
 
 from conftest import enqueue_args
 

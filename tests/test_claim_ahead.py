@@ -21,7 +21,7 @@ import pytest
 from egoqa.backends.fake import FakeBackend
 from egoqa.store import queue
 from egoqa.store.db import open_db
-from egoqa.worker import Worker, WorkerOptions, resolve_engine
+from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
 from conftest import Cli, enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
@@ -141,16 +141,16 @@ def test_segment_frames_are_decoded_side_by_side_before_their_batch_runs(
 ):
     """Answer turns read frames inside the segments their parent chose: all of a batch's are
     decoded in the decoder's thread pool, none one job at a time while requests are built."""
-    import egoqa.frames
+    import egoqa.media.frames
 
     decodes: list[tuple[str, tuple]] = []
-    real_decode = egoqa.frames._decode
+    real_decode = egoqa.media.frames._decode
 
     def spy(path, offset, timestamps, max_edge, duration):
         decodes.append((threading.current_thread().name, tuple(timestamps)))
         return real_decode(path, offset, timestamps, max_edge, duration)
 
-    monkeypatch.setattr(egoqa.frames, "_decode", spy)
+    monkeypatch.setattr(egoqa.media.frames, "_decode", spy)
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     cli(*enqueue_args(synth, "demo", "--set", "backend=fake"))
     db = open_db(tmp_path / "egoqa.db")

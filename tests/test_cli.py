@@ -16,7 +16,7 @@ import pytest
 import typer
 from inproc import InProcess
 
-from egoqa.cli import app
+from egoqa.cli.app import app
 
 from conftest import ROOT, enqueue_args
 
@@ -26,7 +26,7 @@ HEAVY = ("torch", "transformers", "decord", "qwen_vl_utils")
 # interpreter, and after each prints the heavy modules imported so far (a line of its own).
 LIGHT_PROBE = """
 import json, sys
-from egoqa.cli import main
+from egoqa.cli.app import main
 for argv in json.loads(sys.argv[1]):
     sys.argv = ["egoqa", *argv]
     try:

@@ -12,11 +12,11 @@ import pytest
 from inproc import InProcess
 
 from alembic import command
-from egoqa import report as rp
-from egoqa.clusters import TFIDF, cluster_run, cluster_texts
-from egoqa.dataset import load_nlq
-from egoqa.priors import enqueue_prior_run, parse_prior
-from egoqa.report_tables import tables
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.priors import enqueue_prior_run, parse_prior
+from egoqa.report import summary as rp
+from egoqa.report.clusters import TFIDF, cluster_run, cluster_texts
+from egoqa.report.tables import tables
 from egoqa.store.db import alembic_config, open_db, resolve_url
 
 OBJECTS = ("knife", "cup", "phone", "drawer", "fridge", "bag", "screwdriver", "bowl", "tape", "pan")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
-from egoqa import report as rp
-from egoqa.dataset import load_nlq
-from egoqa.priors import enqueue_prior_run, parse_prior
-from egoqa.report_tables import tables
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.priors import enqueue_prior_run, parse_prior
+from egoqa.report import summary as rp
+from egoqa.report.tables import tables
 from egoqa.store.db import open_db
 
 from conftest import copy_db, enqueue_args

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from egoqa.config import allowed_keys, load_config, preset_names
 from egoqa.errors import ConfigError, StyleError
-from egoqa.prompts import load_style, parse_style, render, render_template, style_names
+from egoqa.plan.config import allowed_keys, load_config, preset_names
+from egoqa.plan.styles import load_style, parse_style, render, render_template, style_names
 
 
 def test_every_preset_loads_and_names_a_known_style():
@@ -60,7 +60,11 @@ def test_config_is_frozen_and_its_hash_is_canonical():
     [
         ("sampler.frame=3", "unknown key 'sampler.frame'; did you mean sampler.frames?"),
         ("sampler.frames=0", "sampler.frames: Input should be greater than or equal to 1"),
-        ("sampler.kind=sparse", "sampler.kind: Input should be 'uniform', 'dense' or 'shots'"),
+        (
+            "sampler.kind=sparse",
+            "sampler.kind: unknown sampler kind 'sparse': use 'uniform', 'dense' or 'shots'",
+        ),
+        ("backend=vllm", "backend: unknown backend 'vllm': use 'transformers', 'openai' or 'fake'"),
         ("nonsense", "expected key=value"),
     ],
 )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from egoqa.dataset import Clip, Query, Skipped, clean_query_text, load_nlq, query_type
 from egoqa.errors import DatasetError
+from egoqa.plan.dataset import Clip, Query, Skipped, clean_query_text, load_nlq, query_type
 
 WHERE = "Objects: Where is object X?"
 

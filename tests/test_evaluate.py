@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from egoqa.errors import EgoqaError
-from egoqa.evaluate import (
+from egoqa.answers.metrics import (
     Outcome,
     PredictionFileError,
     Scores,
@@ -22,6 +21,7 @@ from egoqa.evaluate import (
     tiou,
     validate_nlq_predictions,
 )
+from egoqa.errors import EgoqaError
 
 VERDICT_BLOCKS = """\
 1. 0s - 16s

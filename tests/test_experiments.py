@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from egoqa import original
-from egoqa.report import UngradedRun
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.report import original
+from egoqa.report.summary import UngradedRun
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
 
 from conftest import enqueue_args
 

@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
-from egoqa import report as rp
-from egoqa.clusters import cluster_run
-from egoqa.config import load_config
-from egoqa.dataset import load_nlq
-from egoqa.evaluate import parse_segments, union_length
-from egoqa.explorer import ExplorerError, write_explorer
-from egoqa.plan import enqueue_run
-from egoqa.priors import enqueue_prior_run, parse_prior
-from egoqa.prompts import load_style
-from egoqa.report_tables import tables
-from egoqa.scoring import score_items
+from egoqa.answers.metrics import parse_segments, union_length
+from egoqa.answers.scoring import score_items
+from egoqa.dev.synth import read_frame_index, write_synth_dataset
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.priors import enqueue_prior_run, parse_prior
+from egoqa.plan.styles import load_style
+from egoqa.report import summary as rp
+from egoqa.report.clusters import cluster_run
+from egoqa.report.explorer import ExplorerError, write_explorer
+from egoqa.report.tables import tables
 from egoqa.store.db import open_db
-from egoqa.synth import read_frame_index, write_synth_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_SEC, FPS = 24.0, 10  # the synthetic clips written below
@@ -177,7 +177,7 @@ def test_html_report_decodes_frames_without_torch_and_plain_report_without_decor
 ):
     script = f"""
 import sys
-from egoqa.cli import app
+from egoqa.cli.app import app
 def run(*args):
     try:
         app(["--db", {str(explored.db)!r}, "report", "--run", "main", *args])

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
-from egoqa.dataset import load_nlq
-from egoqa.synth import SynthPaths, write_synth_dataset
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
+from egoqa.plan.dataset import load_nlq
 
 FAKE = ("--set", "backend=fake")
-# What the synthetic file's quirks skip (egoqa.synth._add_quirks): one query without text, two
+# What the synthetic file's quirks skip (egoqa.dev.synth._add_quirks): one query without text, two
 # bad windows on the first clip, and the two queries of a clip whose video is missing.
 VAL_SKIPS = {"inverted_window": 1, "missing_video": 2, "no_query_text": 1, "window_outside_clip": 1}
 TEST_SKIPS = {"missing_video": 2, "no_query_text": 1}  # the test split has no windows to be bad
@@ -165,9 +165,9 @@ def test_report_shows_the_skipped_count_beside_the_scores(val_run):
 
 
 def test_enqueueing_the_same_file_again_records_its_skipped_records_once(data, tmp_path):
-    from egoqa.config import load_config
-    from egoqa.plan import enqueue_run
-    from egoqa.prompts import load_style
+    from egoqa.plan.config import load_config
+    from egoqa.plan.planner import enqueue_run
+    from egoqa.plan.styles import load_style
     from egoqa.store.db import open_db
     from egoqa.store.skips import skipped_queries
 

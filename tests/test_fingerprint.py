@@ -9,10 +9,10 @@ import shutil
 import pytest
 from inproc import InProcess
 
+from egoqa.backends.modelpath import check_weights
 from egoqa.errors import EgoqaError
-from egoqa.fingerprint import model_fingerprint
+from egoqa.plan.fingerprint import model_fingerprint
 from egoqa.store.db import open_db
-from egoqa.worker import check_weights
 
 from conftest import enqueue_args
 
@@ -34,7 +34,7 @@ def enqueue(run, synth, model, name):
 
 
 def test_the_tiny_models_build_is_the_same_bytes_every_time(tiny_model, tmp_path):
-    from egoqa.tinymodel import build_tiny_model
+    from egoqa.dev.tinymodel import build_tiny_model
 
     again = build_tiny_model(tmp_path / "again", seed=0)
     other = build_tiny_model(tmp_path / "other", seed=1)
@@ -78,7 +78,7 @@ def test_new_weights_in_the_same_directory_miss_the_cache_and_old_jobs_are_refus
 
 
 def test_a_hub_id_has_no_fingerprint_and_keeps_its_name_in_the_key():
-    from egoqa.config import RunConfig
+    from egoqa.plan.config import RunConfig
 
     engine = RunConfig(model="Qwen/Qwen2.5-VL-7B-Instruct").engine()
     assert "weights" not in engine and engine["model"] == "Qwen/Qwen2.5-VL-7B-Instruct"

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from egoqa.config import SamplerConfig, sampler_from
+from egoqa.dev.synth import read_frame_index, render_clip
 from egoqa.errors import ConfigError, VideoError
-from egoqa.frames import (
+from egoqa.media.frames import (
     FrameDecoder,
     resized_size,
     sample_timestamps,
@@ -17,7 +17,7 @@ from egoqa.frames import (
     segment_timestamps,
     stamp_frames,
 )
-from egoqa.synth import read_frame_index, render_clip
+from egoqa.plan.config import SamplerConfig, sampler_from
 
 FPS = 10
 
@@ -277,7 +277,7 @@ def test_stamped_frames_carry_their_label_and_leave_the_originals_alone(full_vid
 
 
 def test_a_uniform_sampler_stored_before_endpoints_existed_keeps_its_bin_centres():
-    from egoqa.rendering import media_timestamps
+    from egoqa.media.rendering import media_timestamps
 
     legacy = {"kind": "uniform", "frames": 8, "fps": 1.0, "max_edge": 448, "max_frames": 768}
     spec = {"media": {"kind": "frames", "sampler": legacy}}

@@ -15,8 +15,8 @@ import typer.main
 from inproc import InProcess
 from test_bad_input import error_line
 
-from egoqa.cli import app
-from egoqa.synth import SynthPaths, write_synth_dataset
+from egoqa.cli.app import app
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from conftest import copy_db
 
@@ -137,7 +137,7 @@ def test_work_is_quiet_by_default_and_verbose_with_v_after_the_subcommand(
     egoqa = InProcess(db_path, tmp_path)
     egoqa(*enqueue_args(data, "--run", "b", "--set", "generation.seed=1"))
     loud = egoqa("work", "-v", "--until-done").stderr
-    assert re.search(r" INFO egoqa\.worker: job \d+ done", loud), loud
+    assert re.search(r" INFO egoqa\.work\.worker: job \d+ done", loud), loud
 
 
 # --- help and suggestions ---------------------------------------------------------------------

@@ -12,11 +12,13 @@ import pytest
 from inproc import InProcess
 from test_bad_input import error_line
 
-from egoqa.synth import SynthPaths, write_synth_dataset
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from conftest import copy_db
 
-SHOTS = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
+SHOTS = (
+    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
+)
 
 
 @pytest.fixture(scope="module")

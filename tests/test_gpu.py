@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a C
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A prebuilt dataset (EGOQA_GPU_DATA) where rendering tools are missing, else a fresh one."""
-    from egoqa.synth import SynthPaths, write_synth_dataset
+    from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
     pre = os.environ.get("EGOQA_GPU_DATA")
     if pre:
@@ -50,11 +50,11 @@ def _model(tiny_model) -> str:
 def test_a_real_cuda_oom_is_split_and_the_fitting_size_is_learned(data, tiny_model, db_path):
     import torch
 
-    from egoqa.config import load_config
-    from egoqa.dataset import load_nlq
-    from egoqa.plan import enqueue_run
-    from egoqa.prompts import load_style
-    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
+    from egoqa.plan.config import load_config
+    from egoqa.plan.dataset import load_nlq
+    from egoqa.plan.planner import enqueue_run
+    from egoqa.plan.styles import load_style
+    from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
     db = open_db(db_path, create=True)
     cfg = load_config(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
-from egoqa.charts import chart_title
-from egoqa.scoring import score_items
+from egoqa.answers.scoring import score_items
+from egoqa.report.charts import chart_title
 from egoqa.store import queue
 from egoqa.store.db import open_db
 
@@ -108,8 +108,8 @@ def test_the_headline_is_over_exactly_what_export_writes(answered, tmp_path):
 
 
 def test_the_table_shows_both_numbers_named_plainly(answered):
-    from egoqa.report import build
-    from egoqa.report_tables import tables
+    from egoqa.report.summary import build
+    from egoqa.report.tables import tables
 
     db = open_db(answered.db, readonly=True)
     summary = tables(build(db, "r"))[0]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from egoqa.dev.synth import render_clip, write_synth_dataset
 from egoqa.store.db import open_db
-from egoqa.synth import render_clip, write_synth_dataset
 
 from conftest import Cli, enqueue_args
 from fixtures_model import CLIP_SEC, clip_frames
@@ -50,7 +50,7 @@ def one_error_line(proc) -> str:
 
 def test_a_style_edited_between_runs_is_refused_then_replanned_with_recompute(tmp_path, data):
     style = tmp_path / "mine.toml"
-    shutil.copy(Path(__file__).parent.parent / "egoqa" / "styles" / "baseline.toml", style)
+    shutil.copy(Path(__file__).parent.parent / "egoqa" / "plan" / "styles" / "baseline.toml", style)
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     args = enqueue_args(data, "baseline", *FAKE, "--set", f"style={json.dumps(str(style))}")
     cli(*args, "--run", "r")
@@ -133,8 +133,8 @@ def test_two_dtypes_of_one_model_run_each_in_their_own(tmp_path, data, tiny_mode
 def test_the_models_revision_reaches_from_pretrained(tiny_model, monkeypatch):
     import transformers
 
-    from egoqa.config import RunConfig
-    from egoqa.worker import load_backend_for, served_from_config
+    from egoqa.plan.config import RunConfig
+    from egoqa.work.worker import load_backend_for, served_from_config
 
     seen = []
     for cls in (transformers.AutoProcessor, transformers.AutoModelForImageTextToText):
@@ -157,9 +157,9 @@ def test_engines_this_machine_cannot_run_are_refused_in_one_line(tmp_path, data,
     cli(*enqueue_args(data, "demo", *model, "--set", "quantization=nf4", "--run", "q"))
     line = one_error_line(cli("work", "--device", "cpu", "--until-done", check=False))
     assert "nf4" in line and "CUDA" in line
-    from egoqa.config import load_config
     from egoqa.errors import ModelLoadError
-    from egoqa.worker import load_backend_for, served_from_config
+    from egoqa.plan.config import load_config
+    from egoqa.work.worker import load_backend_for, served_from_config
 
     flash = load_config(
         "demo", [f"model={json.dumps(str(tiny_model))}", "attn_implementation=flash_attention_2"]
@@ -173,7 +173,7 @@ def test_engines_this_machine_cannot_run_are_refused_in_one_line(tmp_path, data,
 
 def _sampled(frames, seeds):
     from egoqa.backends.base import Request
-    from egoqa.config import GenerationConfig
+    from egoqa.plan.config import GenerationConfig
 
     settings = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.2)
     prompts = ["Where is the bag?", "What did I cut?", "Who did I talk to?", "Stages?"]
@@ -186,7 +186,7 @@ def _sampled(frames, seeds):
 @pytest.mark.model
 def test_a_sampled_request_draws_the_same_text_alone_in_a_batch_and_in_any_order(tiny_model):
     from egoqa.backends.transformers import TransformersBackend
-    from egoqa.config import SamplerConfig
+    from egoqa.plan.config import SamplerConfig
 
     clip = render_clip(tiny_model.parent / "clip.mp4", CLIP_SEC, fps=10)
     frames = clip_frames(clip, SamplerConfig(frames=8, max_edge=112))
@@ -217,11 +217,11 @@ def test_sampled_answers_do_not_depend_on_batch_size_an_out_of_memory_split_or_c
 ):
     """The real worker path, in process, on the sampling `demo` preset (5-sample turns); with
     batches of 2, the next batch is claimed and prepared while one generates."""
-    from egoqa.config import load_config
-    from egoqa.dataset import load_nlq
-    from egoqa.plan import enqueue_run
-    from egoqa.prompts import load_style
-    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
+    from egoqa.plan.config import load_config
+    from egoqa.plan.dataset import load_nlq
+    from egoqa.plan.planner import enqueue_run
+    from egoqa.plan.styles import load_style
+    from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
     data = write_synth_dataset(tmp_path / "d", clips=2, queries_per_clip=2, duration_sec=8.0)
     config = load_config("demo", [f"model={json.dumps(str(tiny_model))}"])

@@ -14,7 +14,7 @@ import sys
 
 from inproc import InProcess
 
-from egoqa.synth import write_synth_dataset
+from egoqa.dev.synth import write_synth_dataset
 
 from conftest import ROOT
 
@@ -24,7 +24,7 @@ MISSING = "/nonexistent/egoqa-model"
 # whether torch or transformers were imported by then.
 PROBE = """
 import contextlib, io, json, sys
-from egoqa.cli import main
+from egoqa.cli.app import main
 sys.argv = ["egoqa", *json.loads(sys.argv[1])]
 err = io.StringIO()
 code = 0

@@ -16,9 +16,9 @@ import pytest
 
 from egoqa.backends.base import GREEDY, Frames, Request, sample_seed
 from egoqa.backends.openai import backoff_s, chat_body, decide
-from egoqa.config import GenerationConfig, OpenAIConfig
-from egoqa.devserver import DevServer, Faults, request_from
-from egoqa.synth import write_synth_dataset
+from egoqa.dev.server import DevServer, Faults, request_from
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.plan.config import GenerationConfig, OpenAIConfig
 from tests.inproc import InProcess
 
 SECRET = "sk-test-0123456789-never-shown"
@@ -35,7 +35,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_backend(tiny_model):
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
 
     return load_backend("transformers", model=str(tiny_model), dtype="float32", device="cpu")
 

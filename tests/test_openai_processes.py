@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from egoqa.devserver import Faults
+from egoqa.dev.server import Faults
 from tests.inproc import InProcess
 from tests.test_openai_backend import enqueue, jobs, openai_args, serve, small, tiny_backend
 

@@ -9,10 +9,10 @@ import json
 import pytest
 from inproc import InProcess
 
-from egoqa import original
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.report import original
 from egoqa.store import queue
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
 
 from conftest import enqueue_args
 

@@ -42,10 +42,16 @@ def test_the_wheel_ships_the_alembic_environment_migrations_presets_styles_and_e
     migrations = sorted(p.name for p in (ROOT / "migrations").glob("*.py"))
     assert {"egoqa/_alembic/env.py", "egoqa/_alembic/script.py.mako"} <= names
     assert {f"egoqa/_migrations/{m}" for m in migrations} <= names
-    assert {"egoqa/presets/demo.toml", "egoqa/styles/stage_analysis.toml"} <= names
-    assert {"egoqa/styles/rerank_proposals.toml", "egoqa/published/nlq.toml"} <= names
-    assets = {f"egoqa/explorer_assets/{p.name}" for p in (ROOT / "egoqa/explorer_assets").iterdir()}
-    assert {"egoqa/explorer_assets/index.html", "egoqa/explorer_assets/explorer.js"} <= assets
+    assert {"egoqa/plan/presets/demo.toml", "egoqa/plan/styles/stage_analysis.toml"} <= names
+    assert {"egoqa/plan/styles/rerank_proposals.toml", "egoqa/report/published/nlq.toml"} <= names
+    assets = {
+        f"egoqa/report/explorer_assets/{p.name}"
+        for p in (ROOT / "egoqa/report/explorer_assets").iterdir()
+    }
+    assert {
+        "egoqa/report/explorer_assets/index.html",
+        "egoqa/report/explorer_assets/explorer.js",
+    } <= assets
     assert assets <= names  # the explorer's page, script and style: nothing fetched at view time
 
 

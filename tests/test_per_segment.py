@@ -8,14 +8,14 @@ import re
 
 import pytest
 
-from egoqa.config import load_config
-from egoqa.dataset import load_nlq
+from egoqa.dev.synth import write_synth_dataset
 from egoqa.errors import ConfigError, StyleError
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style, parse_style
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style, parse_style
 from egoqa.store import queue
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
 
 from conftest import Cli, enqueue_args
 
@@ -156,7 +156,7 @@ def test_a_per_segment_answer_runs_one_call_per_segment_through_the_cli(tmp_path
 @pytest.mark.model
 def test_per_segment_calls_on_the_tiny_model_are_the_same_in_any_batch(tmp_path, data, tiny_model):
     """The real path: each segment's call is its own row of a batch; batch 1 and 8 agree."""
-    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
     style = _style(tmp_path)
     sets = [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"]

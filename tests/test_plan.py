@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from egoqa.config import load_config
-from egoqa.dataset import Dataset, load_nlq
 from egoqa.errors import ConfigError
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style, parse_style
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import Dataset, load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style, parse_style
 from egoqa.store import queue
 from egoqa.store.db import open_db
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from egoqa.config import load_config
-from egoqa.dataset import Clip, Dataset, Query
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import Clip, Dataset, Query
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
 from egoqa.store import db as store_db
 from egoqa.store.db import open_db
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from egoqa import batching
 from egoqa.errors import ConfigError
-from egoqa.supervisor import backoff, gpu_groups, parse_gpus
+from egoqa.work import batching
+from egoqa.work.supervisor import backoff, gpu_groups, parse_gpus
 
 
 @pytest.mark.parametrize(

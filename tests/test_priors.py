@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from egoqa.clusters import cluster_run
-from egoqa.dataset import load_nlq
-from egoqa.evaluate import union_length
-from egoqa.export import export_nlq
-from egoqa.priors import enqueue_prior_run, parse_prior
+from egoqa.answers.metrics import union_length
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.priors import enqueue_prior_run, parse_prior
+from egoqa.report.clusters import cluster_run
+from egoqa.report.export import export_nlq
 from egoqa.store import queue
 from egoqa.store.db import open_db
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
-from egoqa.config import load_config
-from egoqa.evaluate import Segment
-from egoqa.proposals import rerank
+from egoqa.answers.metrics import Segment
+from egoqa.answers.rerank import rerank
+from egoqa.dev.synth import write_synth_proposals
+from egoqa.plan.config import load_config
 from egoqa.store import proposals as store
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_proposals
 
 from conftest import enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures

@@ -8,7 +8,7 @@ import shutil
 
 from inproc import InProcess
 
-from egoqa import published
+from egoqa.report import published
 
 from conftest import enqueue_args
 

@@ -1,5 +1,5 @@
 """`egoqa report` and `egoqa export`: metrics on hand-built predictions agree three ways (report,
-the `results` view, evaluate.summarize), rescoring needs no model, the files of a real run, and
+the `results` view, answers.metrics.summarize), rescoring needs no model, the files of a real run, and
 the light commands never import torch."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from inproc import InProcess
 
-from egoqa.evaluate import (
+from egoqa.answers.metrics import (
     best_of_n,
     failed_scores,
     parse_segments,
@@ -20,7 +20,7 @@ from egoqa.evaluate import (
     summarize,
     validate_nlq_predictions,
 )
-from egoqa.scoring import score_items
+from egoqa.answers.scoring import score_items
 from egoqa.store import queue
 from egoqa.store.db import open_db
 
@@ -257,7 +257,7 @@ def test_report_and_sql_do_not_import_torch(hand_run, db_path, tmp_path):
     script = f"""
 import sys
 from pathlib import Path
-from egoqa.cli import app
+from egoqa.cli.app import app
 for args in (["report", "--run", "hand", "--out", {str(tmp_path / "o")!r}],
              ["export", "--run", "hand"], ["sql", "SELECT COUNT(*) FROM results"]):
     try:

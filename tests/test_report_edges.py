@@ -12,9 +12,11 @@ from inproc import InProcess
 from test_bad_input import error_line
 from test_explorer import browser  # noqa: F401 -- fixture
 
-from egoqa.synth import SynthPaths, write_synth_dataset
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
-STYLE = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
+STYLE = (
+    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
+)
 CLIP_SEC = 60.0
 
 
@@ -123,7 +125,7 @@ Verdict: [Relevant]"""
 
 
 def test_shot_ranges_with_decimals_are_read_as_the_whole_seconds_the_original_printed():
-    from egoqa import original
+    from egoqa.report import original
 
     shots = original.parse(SHOT_BLOCKS, verdicts=True, shots=True)
     assert shots == original.Parsed([(0, 17), (32, 60)], 3)
@@ -132,7 +134,7 @@ def test_shot_ranges_with_decimals_are_read_as_the_whole_seconds_the_original_pr
 
 
 def test_original_scoring_credits_a_shots_run_by_its_relevant_shots(zoomed):
-    from egoqa import original
+    from egoqa.report import original
     from egoqa.store.db import open_db
 
     built = original.build(open_db(zoomed.root / "egoqa.db", readonly=True), "m")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from test_store_contract import assert_each_job_claimed_once, enqueue_independent, run_claimers
 
+from egoqa.dev.synth import write_synth_dataset
 from egoqa.store.db import open_db, resolve_url
-from egoqa.synth import write_synth_dataset
 
 from conftest import Cli, enqueue_args
 from pg import postgres_server, postgres_url  # noqa: F401

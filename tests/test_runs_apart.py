@@ -11,8 +11,8 @@ import pytest
 from inproc import InProcess
 
 from alembic import command
+from egoqa.dev.synth import SynthPaths, write_synth_dataset
 from egoqa.store.db import alembic_config, open_db, resolve_url
-from egoqa.synth import SynthPaths, write_synth_dataset
 
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 

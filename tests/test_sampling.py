@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from egoqa.backends.sampling import SeededSampling  # noqa: E402
-from egoqa.config import GenerationConfig  # noqa: E402
+from egoqa.backends.token_sampling import SeededSampling  # noqa: E402
+from egoqa.plan.config import GenerationConfig  # noqa: E402
 
 LOGITS = [2.0, 1.0, 0.5, 0.0, -1.0, -3.0]
 

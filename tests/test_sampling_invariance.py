@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from egoqa.backends.sampling import SeededSampling  # noqa: E402
-from egoqa.config import GenerationConfig  # noqa: E402
+from egoqa.backends.token_sampling import SeededSampling  # noqa: E402
+from egoqa.plan.config import GenerationConfig  # noqa: E402
 
 from fixtures_model import CLIP_SEC, clip_frames  # noqa: E402
 
@@ -54,7 +54,7 @@ def _picks(settings, logits, seeds) -> list[int]:
 
 
 def test_a_candidates_noise_depends_on_seed_step_and_token_only():
-    from egoqa.backends.sampling import gumbel
+    from egoqa.backends.token_sampling import gumbel
 
     lo, hi = torch.tensor([[5], [5], [6]]), torch.tensor([[1], [1], [1]])
     tokens = torch.tensor([[3, 7, 9], [7, 9, 11], [3, 7, 9]])
@@ -75,7 +75,7 @@ class _Recorder:
         self.runs.append({})
 
     def factory(self, seeds, settings, device):
-        from egoqa.backends.sampling import candidates, gumbel
+        from egoqa.backends.token_sampling import candidates, gumbel
 
         inner = SeededSampling(seeds, settings, device)
         log = self.runs[-1]
@@ -107,8 +107,8 @@ def test_a_sampled_answer_changes_with_its_batch_only_where_two_candidates_nearl
     nearly tie, or where a pick sits on the top-k / top-p boundary that the change moved."""
     import egoqa.backends.transformers as tb
     from egoqa.backends.base import Request
-    from egoqa.config import SamplerConfig
-    from egoqa.synth import render_clip
+    from egoqa.dev.synth import render_clip
+    from egoqa.plan.config import SamplerConfig
 
     clip = render_clip(tiny_model.parent / f"inv-{dtype}.mp4", CLIP_SEC, fps=10)
     frames = clip_frames(clip, SamplerConfig(frames=4, max_edge=112))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from egoqa.selection import (
+from egoqa.answers.selection import (
     RULES,
     mentioned_intervals,
     parse_stage_names,

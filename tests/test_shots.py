@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from egoqa.config import SamplerConfig
-from egoqa.shots import (
+from egoqa.dev.synth import render_clip, write_synth_dataset
+from egoqa.media.shots import (
     Shots,
     clip_shots,
     detect_cuts,
@@ -19,8 +19,8 @@ from egoqa.shots import (
     merge_shortest,
     shots_in_window,
 )
+from egoqa.plan.config import SamplerConfig
 from egoqa.store.db import open_db
-from egoqa.synth import render_clip, write_synth_dataset
 
 from conftest import enqueue_args
 

@@ -1,4 +1,4 @@
-"""egoqa.stats alone: Wilson intervals, the clip bootstrap and McNemar's exact test, against
+"""egoqa.report.stats alone: Wilson intervals, the clip bootstrap and McNemar's exact test, against
 numbers computed by hand here (never by the code under test)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from egoqa import stats
+from egoqa.report import stats
 
 
 def test_wilson_interval_matches_the_formula_worked_by_hand():

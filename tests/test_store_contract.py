@@ -636,14 +636,15 @@ def test_no_pickle_anywhere_in_the_package():
 
 
 def test_trust_remote_code_defaults_to_false_and_only_comes_from_the_config(monkeypatch):
-    from egoqa.backends import base
-    from egoqa.config import RunConfig, load_config
-    from egoqa.worker import Served, load_backend_for
+    from egoqa.backends import registry
+    from egoqa.plan.config import RunConfig, load_config
+    from egoqa.work.worker import Served, load_backend_for
 
     assert RunConfig(model="m").trust_remote_code is False
     assert load_config("demo", ()).trust_remote_code is False
     seen = []
-    monkeypatch.setattr(base, "load_backend", lambda kind, **kw: seen.append(kw) or kw)
+    transformers = registry.backend_class("transformers")
+    monkeypatch.setattr(transformers, "__init__", lambda self, **kw: seen.append(kw))
     for value in (False, True):
         config = RunConfig(model="m", trust_remote_code=value)
         load_backend_for(Served("e", config.engine(), config), "cpu")
@@ -685,10 +686,10 @@ def hostile_annotations(synth, out: Path) -> Path:
 
 
 def test_query_text_with_sql_metacharacters_round_trips_as_data(db, synth, tmp_path):
-    from egoqa.config import load_config
-    from egoqa.dataset import load_nlq
-    from egoqa.plan import enqueue_run
-    from egoqa.prompts import load_style
+    from egoqa.plan.config import load_config
+    from egoqa.plan.dataset import load_nlq
+    from egoqa.plan.planner import enqueue_run
+    from egoqa.plan.styles import load_style
 
     annotations = hostile_annotations(synth, tmp_path)
     dataset = load_nlq(annotations, synth.videos, None)

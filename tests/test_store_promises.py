@@ -32,9 +32,9 @@ from test_store_contract import (
     states,
 )
 
+from egoqa.dev.synth import write_synth_dataset
 from egoqa.store import graph, queue
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
 
 from conftest import Cli, enqueue_args
 from helpers import STACKS_ON_ABORT, communicate_or_dump, running_jobs, wait_until
@@ -274,7 +274,7 @@ def test_a_stop_signal_during_the_claim_with_another_thread_alive_releases_the_b
     """The signal is sent while the claim is being made; another thread is alive, so the
     kernel may hand it to that thread, and Python runs the handler in the main thread anyway."""
     from egoqa.backends.fake import FakeBackend
-    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
     cli = Cli(tmp_path / "egoqa.db", tmp_path)
     cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
@@ -307,7 +307,7 @@ def test_a_stop_signal_handled_inside_a_finaliser_is_not_lost(tmp_path, synth):
     """Python runs a handler at any bytecode, a finaliser's included, where an exception it
     raised is printed and dropped: the stop must be noted, not raised, to survive there."""
     from egoqa.backends.fake import FakeBackend
-    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
     class SignalledInFinaliser:
         def __del__(self):
@@ -374,9 +374,9 @@ def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(tmp_path
 
 def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(tmp_path, synth):
     from egoqa.backends.fake import FakeBackend
-    from egoqa.plan import media_key
+    from egoqa.plan.jobs import media_key
     from egoqa.store import limits
-    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
     class ThreeGigabytesFree(FakeBackend):
         def free_memory_bytes(self) -> int:
@@ -403,9 +403,9 @@ def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(
 
 def test_a_failure_scores_only_the_items_it_touches(tmp_path, synth, monkeypatch):
     """Recording a failure scores the run items whose graded job failed with it, not the run."""
-    from egoqa import scoring
+    from egoqa.answers import scoring
     from egoqa.backends.fake import FakeBackend
-    from egoqa.worker import Worker, WorkerOptions, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
     calls: list[dict] = []
     real = scoring.score_items

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from egoqa.dataset import load_nlq, query_type
+from egoqa.dev.synth import TEMPLATES, read_frame_index, render_clip, write_synth_dataset
 from egoqa.errors import DatasetError, VideoError
-from egoqa.synth import TEMPLATES, read_frame_index, render_clip, write_synth_dataset
+from egoqa.plan.dataset import load_nlq, query_type
 
 
 def _resize_long_edge(frame: np.ndarray, long_edge: int) -> np.ndarray:

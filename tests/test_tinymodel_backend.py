@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from egoqa.backends.base import Request
-from egoqa.config import GenerationConfig, SamplerConfig
+from egoqa.dev.tinymodel import MARKER, SPECIAL_TOKENS, build_tiny_model
 from egoqa.errors import ModelLoadError, OutOfMemory
-from egoqa.tinymodel import MARKER, SPECIAL_TOKENS, build_tiny_model
+from egoqa.plan.config import GenerationConfig, SamplerConfig
 
 from fixtures_model import clip_24s, clip_frames, frames_of, tiny_backend  # noqa: F401
 
@@ -259,7 +259,7 @@ def test_missing_model_path_is_a_model_load_error(tmp_path):
 
 @pytest.fixture(params=["transformers", "fake"])
 def any_backend(request, tiny_backend):  # noqa: F811
-    from egoqa.backends.base import load_backend
+    from egoqa.backends.registry import load_backend
 
     return tiny_backend if request.param == "transformers" else load_backend("fake")
 
@@ -279,8 +279,8 @@ def test_every_backend_answers_each_request_in_order(any_backend, uniform_frames
 
 
 def test_fake_backend_is_deterministic_and_answers_with_segments(uniform_frames):
+    from egoqa.answers.metrics import parse_segments
     from egoqa.backends.fake import FakeBackend
-    from egoqa.evaluate import parse_segments
 
     request = Request(1, "Where is the bag?", uniform_frames, samples=3)
     first, again = FakeBackend().generate([request]), FakeBackend().generate([request])

@@ -8,10 +8,10 @@ import signal
 import pytest
 from inproc import InProcess
 
-from egoqa.config import load_config
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.plan.config import load_config
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
-from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
+from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
 from conftest import RANDOM_WEIGHT_FAILURES, enqueue_args
 from helpers import running_jobs, wait_until
@@ -131,9 +131,9 @@ reads = ["again"]
 graded = true
 template = "{again} Q: {query} Frames at {timestamps}."
 """)
-    from egoqa.dataset import load_nlq
-    from egoqa.plan import enqueue_run
-    from egoqa.prompts import load_style
+    from egoqa.plan.dataset import load_nlq
+    from egoqa.plan.planner import enqueue_run
+    from egoqa.plan.styles import load_style
 
     db = open_db(db_path, create=True)
     overrides = [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from egoqa.recording import WorkerStats
+from egoqa.work.recording import WorkerStats
 
 
 def test_counters_added_from_many_threads_at_once_lose_nothing():

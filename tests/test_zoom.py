@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from egoqa.zoom import (
+from egoqa.answers.zoom_choice import (
     GROUND_TRUTH_OUTSIDE,
     NO_VERDICT,
     NOTHING_RELEVANT,

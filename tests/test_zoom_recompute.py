@@ -14,13 +14,13 @@ import pytest
 from test_store_contract import add_clips, claim, complete_all, enqueue, job, row, states
 
 from egoqa.backends.fake import SALT_ENV
-from egoqa.config import load_config
-from egoqa.dataset import load_nlq
-from egoqa.plan import enqueue_run
-from egoqa.prompts import load_style
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.plan.config import load_config
+from egoqa.plan.dataset import load_nlq
+from egoqa.plan.planner import enqueue_run
+from egoqa.plan.styles import load_style
 from egoqa.store import graph
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
 
 from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
 
@@ -99,7 +99,7 @@ def _jobs(db) -> dict[int, dict]:
 
 
 def _work(db) -> None:
-    from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
+    from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
     served = resolve_engine(db)
     Worker(db, served, load_backend_for(served, "cpu"), WorkerOptions(until_done=True)).run()
@@ -173,7 +173,7 @@ def test_zoom_styles_enqueue_and_work_on_both_backends(db, cut_data):
 def test_a_finished_level_that_no_run_shows_any_more_plans_no_next_level(db, cut_data):
     """A level that finishes after the run's items left it (a recompute while it ran) is
     history: nothing is planned below it."""
-    from egoqa.zoomplan import settle
+    from egoqa.plan.zoom import settle
 
     _enqueue(db, cut_data)
     _work(db)
@@ -191,7 +191,7 @@ def test_a_finished_level_that_no_run_shows_any_more_plans_no_next_level(db, cut
 
 
 def test_a_score_is_not_written_to_an_item_re_pointed_since_it_was_read(db, cut_data, monkeypatch):
-    import egoqa.scoring as scoring
+    import egoqa.answers.scoring as scoring
     from egoqa.store.catalog import CLEAR_SCORES
 
     _enqueue(db, cut_data)

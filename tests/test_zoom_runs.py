@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from egoqa.dev.synth import write_synth_dataset
+from egoqa.plan.zoom import decide
 from egoqa.store.db import open_db
-from egoqa.synth import write_synth_dataset
-from egoqa.zoomplan import decide
 
 from conftest import Cli
 from helpers import wait_until
 
 ORACLE = "[oracle zoom: the ground truth chose each window]"
-STYLE = Path(__file__).resolve().parent.parent / "egoqa" / "styles" / "coarse_cot_shots.toml"
+STYLE = (
+    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
+)
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +190,8 @@ def test_an_oracle_zoom_follows_the_ground_truth_is_labelled_and_not_exported_by
         for level in _levels_of(by_id, by_id[job_id]):
             lo, hi = level["note"]["chosen"] or level["note"]["window"]
             assert lo <= gs and ge <= hi  # every chosen window holds the ground truth
-    from egoqa import report as rp
-    from egoqa.report_tables import tables
+    from egoqa.report import summary as rp
+    from egoqa.report.tables import tables
 
     titles = [t.title for t in tables(rp.build(open_db(tmp_path / "egoqa.db"), "z"))]
     assert len(titles) >= 3 and all(t.endswith(ORACLE) for t in titles)

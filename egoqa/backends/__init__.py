@@ -1,5 +1,7 @@
-"""Backends turn a batch of rendered requests into responses. Heavy imports stay inside each backend."""
+"""Engines: a batch of rendered requests in, one result per request out (`base`), and the engines
+by name (`registry`, which imports none of them until one is loaded: heavy imports stay inside
+each engine).
 
-from egoqa.backends.base import Backend, Frames, Request, Result, load_backend
-
-__all__ = ["Backend", "Frames", "Request", "Result", "load_backend"]
+May import `plan` (the generation config every request carries), `store` and `errors`; never
+`media`, `work`, `report` or `cli`.
+"""

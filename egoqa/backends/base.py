@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from egoqa.config import GenerationConfig
+from egoqa.plan.config import GenerationConfig
 
 GREEDY = GenerationConfig(do_sample=False)
 
@@ -75,22 +75,3 @@ class Backend(Protocol):
     def free_memory_bytes(self) -> int | None: ...
 
     def clear_memory(self) -> None: ...
-
-
-def load_backend(kind: str, **kwargs: Any) -> Backend:
-    """Import and construct a backend by name ("transformers", "openai" or "fake")."""
-    if kind == "transformers":
-        from egoqa.backends.transformers import TransformersBackend
-
-        return TransformersBackend(**kwargs)
-    if kind == "fake":
-        from egoqa.backends.fake import FakeBackend
-
-        return FakeBackend(**kwargs)
-    if kind == "openai":
-        from egoqa.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(**kwargs)
-    from egoqa.errors import ConfigError
-
-    raise ConfigError(f"unknown backend {kind!r}: use 'transformers', 'openai' or 'fake'")

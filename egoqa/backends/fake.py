@@ -35,6 +35,10 @@ class FakeBackend:
     name = "fake"
     device = "cpu"
 
+    @classmethod
+    def from_engine(cls, engine: dict, config: Any, device: str) -> FakeBackend:
+        return cls()
+
     def __init__(
         self,
         delay_s: float | None = None,

@@ -30,10 +30,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from egoqa.backends.base import Request, Result, sample_seed
-from egoqa.config import OpenAIConfig
 from egoqa.errors import ConfigError, UpstreamAuthError, UpstreamError
+from egoqa.plan.config import OpenAIConfig
 
-log = logging.getLogger("egoqa.worker")
+log = logging.getLogger("egoqa.work.worker")
 
 JPEG_QUALITY = 95
 _CONTEXT_MARKERS = ("context length", "context_length", "maximum context", "too many tokens")
@@ -294,6 +294,18 @@ class OpenAIBackend:
 
     name = "openai"
     dtype = "remote"
+
+    @classmethod
+    def from_engine(cls, engine: dict, config: Any, device: str) -> OpenAIBackend:
+        """The server the engine names (its URL and wire format are part of the engine; the rest
+        of `openai` is the run's), checked to serve the model before any job is claimed."""
+        shown = ("base_url", "image_format", "vllm_extensions")
+        openai = config.openai.model_copy(
+            update=config.openai.identity() | {k: engine[k] for k in shown if k in engine}
+        )
+        backend = cls(model=engine["model"], config=openai)
+        backend.check()
+        return backend
 
     def __init__(self, model: str, config: OpenAIConfig, seed: int | None = None) -> None:
         if config.base_url is None:

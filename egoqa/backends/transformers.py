@@ -28,9 +28,9 @@ from transformers import StoppingCriteria  # noqa: E402
 from egoqa.backends import loading  # noqa: E402
 from egoqa.backends.base import Frames, Request, Result, sample_seed  # noqa: E402
 from egoqa.backends.loading import DTYPES, is_oom  # noqa: E402,F401 -- re-exported
-from egoqa.backends.sampling import SeededSampling  # noqa: E402
-from egoqa.config import GenerationConfig  # noqa: E402
+from egoqa.backends.token_sampling import SeededSampling  # noqa: E402
 from egoqa.errors import ConfigError, ModelLoadError, OutOfMemory  # noqa: E402
+from egoqa.plan.config import GenerationConfig  # noqa: E402
 
 INJECT_OOM_ENV = "EGOQA_INJECT_OOM_ABOVE"
 PATCH_SIZE, MERGE_SIZE = 14, 2
@@ -86,6 +86,22 @@ class TransformersBackend:
     """Batched generation with `AutoModelForImageTextToText`, left padding, greedy or sampled."""
 
     name = "transformers"
+
+    @classmethod
+    def from_engine(cls, engine: dict, config: Any, device: str) -> TransformersBackend:
+        """The checkpoint the engine names (the registry's precheck has refused a missing local
+        path, or one that no longer holds the weights its jobs were keyed by, before torch)."""
+        return cls(
+            model=engine["model"],
+            revision=engine.get("revision"),
+            dtype=engine["dtype"],
+            attn_implementation=engine.get("attn_implementation"),
+            quantization=engine.get("quantization"),
+            max_pixels=engine.get("max_pixels"),
+            trust_remote_code=bool(engine.get("trust_remote_code", False)),
+            device=device,
+            device_map=config.device_map,
+        )
 
     def __init__(
         self,

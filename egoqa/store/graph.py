@@ -144,7 +144,7 @@ def recompute(db: Database, job_ids: Sequence[int]) -> int:
     A running job among those given is left to its worker; a running job downstream loses its
     lease (its result is refused) and waits for its parent again. A zoom's later levels and the
     turns after it are not touched here: the run's items are pointed back at the first level,
-    and each successor is re-queued when the level above it finishes again (`zoomplan.settle`).
+    and each successor is re-queued when the level above it finishes again (`plan.zoom.settle`).
     Returns how many jobs were re-queued.
     """
     with db.write() as cur:

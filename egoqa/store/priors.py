@@ -1,7 +1,7 @@
 """Prior runs in the store: their run row, their predictions as jobs that are already done (with
 their history row), and their run items. Nothing here is ever `ready`, so no worker claims it.
 
-Called inside the enqueue transaction of `egoqa.priors.enqueue_prior_run`.
+Called inside the enqueue transaction of `egoqa.plan.priors.enqueue_prior_run`.
 """
 
 from __future__ import annotations

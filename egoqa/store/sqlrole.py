@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 
 from egoqa.errors import DatabaseError
-from egoqa.store.db import Database, make_engine
+from egoqa.store.engine import Database, make_engine
 
 log = logging.getLogger("egoqa.store")
 
