@@ -11,6 +11,8 @@ from egoqa.errors import ConfigError
 HEARTBEAT_ENV, HEARTBEAT_S = "EGOQA_HEARTBEAT_S", 5.0
 # The longest pause of an idle worker between two claims that found nothing.
 IDLE_MAX_ENV, IDLE_MAX_S = "EGOQA_IDLE_MAX_S", 2.0
+# How often a worker returns expired leases, and the jobs of workers known dead, to the queue.
+REAP_ENV, REAP_S = "EGOQA_REAP_S", 5.0
 # How long an idle worker waits on other workers' leases before it says whose they are.
 WAIT_NOTE_ENV, WAIT_NOTE_S = "EGOQA_WAIT_NOTE_S", 5.0
 # How often a supervisor looks at its workers (restarts, stops) and redraws their progress.
@@ -40,6 +42,10 @@ def heartbeat_s() -> float:
 
 def idle_max_s() -> float:
     return seconds(IDLE_MAX_ENV, IDLE_MAX_S)
+
+
+def reap_s() -> float:
+    return seconds(REAP_ENV, REAP_S)
 
 
 def wait_note_s() -> float:

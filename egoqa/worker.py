@@ -57,7 +57,7 @@ class WorkerOptions:
     until_done: bool = False
     lease_s: float | None = None
     idle_max_s: float = field(default_factory=waits.idle_max_s)  # $EGOQA_IDLE_MAX_S, else 2 s
-    reap_every_s: float = 5.0
+    reap_every_s: float = field(default_factory=waits.reap_s)  # $EGOQA_REAP_S, else 5 s
     wait_note_s: float = field(default_factory=waits.wait_note_s)  # $EGOQA_WAIT_NOTE_S, else 5 s
     max_batches: int | None = None
     frame_cache_items: int = 32

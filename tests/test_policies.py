@@ -114,6 +114,7 @@ def test_split_halves():
 WAITS = {
     "EGOQA_HEARTBEAT_S": 5.0,
     "EGOQA_IDLE_MAX_S": 2.0,
+    "EGOQA_REAP_S": 5.0,
     "EGOQA_WAIT_NOTE_S": 5.0,
     "EGOQA_SUPERVISOR_TICK_S": 1.0,
 }
@@ -129,6 +130,7 @@ def _waits_read() -> dict[str, float]:
     return {
         "EGOQA_HEARTBEAT_S": Heartbeat(None, "w", lease_s=900.0).period_s,
         "EGOQA_IDLE_MAX_S": options.idle_max_s,
+        "EGOQA_REAP_S": options.reap_every_s,
         "EGOQA_WAIT_NOTE_S": options.wait_note_s,
         "EGOQA_SUPERVISOR_TICK_S": Supervisor([], []).tick_s,
     }
