@@ -112,13 +112,15 @@ def db(store_backend, request):
 
 
 # The workers' and supervisor's fixed waits (`egoqa.waits`), short: a test that waits for a
-# worker to go idle, to notice the end of the queue or to be restarted pays a fraction of the
-# defaults (2 s idle back-off, 1 s supervisor tick, 5 s before saying whose leases it waits on).
-# The heartbeat keeps its default unless a test is about heartbeats.
+# worker to go idle, to notice the end of the queue, to free a dead worker's jobs or to be
+# restarted pays a fraction of the defaults (2 s idle back-off, 5 s between reaps, 5 s before
+# saying whose leases it waits on, 1 s supervisor tick). The heartbeat keeps its default unless a
+# test is about heartbeats.
 SHORT_WAITS = {
     "EGOQA_IDLE_MAX_S": "0.1",
-    "EGOQA_SUPERVISOR_TICK_S": "0.1",
+    "EGOQA_REAP_S": "0.5",
     "EGOQA_WAIT_NOTE_S": "0.5",
+    "EGOQA_SUPERVISOR_TICK_S": "0.1",
 }
 
 
