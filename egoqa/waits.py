@@ -36,6 +36,13 @@ def seconds(name: str, default: float) -> float:
     return s
 
 
+def check() -> None:
+    """Refuse a bad setting at once, before a model loads or a supervisor starts workers that
+    would each stop on it."""
+    for read in (heartbeat_s, idle_max_s, reap_s, wait_note_s, supervisor_tick_s):
+        read()
+
+
 def heartbeat_s() -> float:
     return seconds(HEARTBEAT_ENV, HEARTBEAT_S)
 

@@ -158,3 +158,12 @@ def test_a_wait_that_is_not_a_positive_number_of_seconds_is_refused_naming_it(mo
     monkeypatch.setenv("EGOQA_IDLE_MAX_S", value)
     with pytest.raises(ConfigError, match=r"\$EGOQA_IDLE_MAX_S=.* not a number of seconds"):
         waits.idle_max_s()
+
+
+def test_work_refuses_a_bad_wait_in_one_line_before_it_opens_the_database(tmp_path):
+    from inproc import InProcess
+
+    bad = {"EGOQA_SUPERVISOR_TICK_S": "-1"}
+    out = InProcess(tmp_path / "egoqa.db", tmp_path)("work", "--workers", "2", env=bad, check=False)
+    assert out.returncode == 1 and out.stderr.startswith("error: $EGOQA_SUPERVISOR_TICK_S='-1'")
+    assert len(out.stderr.splitlines()) == 1  # not "no database at ...": it looked first
