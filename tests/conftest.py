@@ -53,6 +53,86 @@ def db_path(tmp_path) -> Path:
     return tmp_path / "egoqa.db"
 
 
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory) -> Path:
+    """A SQLite database migrated to head once per session, for `migrated_db_path` to copy."""
+    from egoqa.store.db import open_db
+
+    path = tmp_path_factory.mktemp("template") / "migrated.db"
+    open_db(path, create=True).dispose()
+    return path
+
+
+@pytest.fixture
+def migrated_db_path(db_path, migrated_template) -> Path:
+    """`db_path`, holding a fresh database at the schema's head: a copy of the session's
+    migrated one, which every command takes as up to date (a test about migrating itself
+    starts from `db_path`, where no database exists)."""
+    copy_db(migrated_template, db_path)
+    return db_path
+
+
+# --- the store's two backends: the contract tests run once on each ---------------------------
+# A module that takes `url` or `db` imports the PostgreSQL fixtures too:
+# `from pg import migrated_postgres_url, postgres_server, postgres_url`.
+
+STORE_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def url(store_backend, request, tmp_path) -> str:
+    """An empty database (no schema yet), on a SQLite file and on the session's PostgreSQL
+    server: for tests that migrate, or that see what a first command makes of it."""
+    assert "db" not in request.fixturenames, "with `db`, open `db.url`: `url` is another database"
+    if store_backend == "sqlite":
+        from egoqa.store.db import resolve_url
+
+        return resolve_url(tmp_path / "egoqa.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db(store_backend, request):
+    """A fresh database at the schema's head, on each backend (a copy of a template migrated
+    once per session); a second handle on it opens `db.url`."""
+    from egoqa.store.db import open_db
+
+    if store_backend == "sqlite":
+        target = str(request.getfixturevalue("migrated_db_path"))
+    else:
+        target = request.getfixturevalue("migrated_postgres_url")
+    handle = open_db(target)
+    yield handle
+    handle.dispose()
+
+
+# The workers' and supervisor's fixed waits (`egoqa.work.waits`), short: a test that waits for a
+# worker to go idle, to notice the end of the queue, to free a dead worker's jobs or to be
+# restarted pays a fraction of the defaults (2 s idle back-off, 5 s between reaps, 5 s before
+# saying whose leases it waits on, 1 s supervisor tick). The heartbeat keeps its default unless a
+# test is about heartbeats.
+SHORT_WAITS = {
+    "EGOQA_IDLE_MAX_S": "0.1",
+    "EGOQA_REAP_S": "0.5",
+    "EGOQA_WAIT_NOTE_S": "0.5",
+    "EGOQA_SUPERVISOR_TICK_S": "0.1",
+}
+
+
+@pytest.fixture
+def short_waits(monkeypatch) -> dict[str, str]:
+    """`SHORT_WAITS` in this test's environment: for workers in this process and in the
+    processes it starts."""
+    for name, value in SHORT_WAITS.items():
+        monkeypatch.setenv(name, value)
+    return SHORT_WAITS
+
+
 class Cli:
     """Runs the real `egoqa` command in a subprocess against one database."""
 

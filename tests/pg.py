@@ -3,7 +3,10 @@
 Import the fixtures into a test module with `from pg import postgres_server, postgres_url`.
 The server starts once per session (in a temp dir, as the `postgres` user when running as root,
 since PostgreSQL refuses to run as root); each `postgres_url` is a fresh, empty database that is
-dropped afterwards. Without server binaries the tests skip, saying what to install.
+dropped afterwards. A `migrated_postgres_url` is a fresh database already at the schema's head:
+a copy (`CREATE DATABASE ... TEMPLATE`) of one database migrated once per session, so a test
+that is not about migrating pays for no migration. Without server binaries the tests skip,
+saying what to install.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class PgServer:
     port: int = 0
     as_user: dict = field(default_factory=dict)
     _names: Iterator[int] = field(default_factory=itertools.count)
+    _template: str | None = None  # the migrated database that others copy (`migrated_template`)
 
     @property
     def data(self) -> Path:
@@ -136,10 +140,28 @@ class PgServer:
         ) as conn:
             conn.execute(sql)
 
-    def create_database(self) -> tuple[str, str]:
+    def create_database(self, template: str | None = None) -> tuple[str, str]:
+        """A new database: empty, or a copy of `template` (which no one may be connected to)."""
         name = f"egoqa_test_{os.getpid()}_{next(self._names)}"
-        self.admin(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.admin(f'CREATE DATABASE "{name}"{copy}')
         return name, self.url(name)
+
+    def migrated_template(self) -> str:
+        """The name of a database migrated to head, made on first use and kept for the session:
+        the schema as a first `enqueue` leaves it, less the read-only role of `egoqa sql` (a role
+        is named after its database: `egoqa db upgrade` makes one for a copy)."""
+        if self._template is None:
+            from egoqa.store.db import ensure_schema, make_engine
+
+            name, url = self.create_database()
+            engine = make_engine(url)
+            try:
+                ensure_schema(engine, url, create=True)
+            finally:
+                engine.dispose()  # a template is copied only while no one is connected to it
+            self._template = name
+        return self._template
 
     def drop_database(self, name: str) -> None:
         self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -182,6 +204,16 @@ def postgres_server() -> Iterator[PgServer]:
 def postgres_url(postgres_server: PgServer) -> Iterator[str]:
     """A fresh, empty database on the session's server, as a `postgresql+psycopg://` URL."""
     name, url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        _drop_when_free(postgres_server, name)
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_server: PgServer) -> Iterator[str]:
+    """A fresh database at the schema's head (a copy of the session's migrated template)."""
+    name, url = postgres_server.create_database(template=postgres_server.migrated_template())
     try:
         yield url
     finally:

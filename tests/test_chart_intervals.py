@@ -50,8 +50,8 @@ def test_bars_carry_wilson_intervals_as_whiskers():
     assert _error_arms([0.0], [None]) == [[0.0], [0.0]]
 
 
-def test_report_out_draws_the_charts_with_intervals(synth, db_path, tmp_path):
-    run = InProcess(db_path, tmp_path)
+def test_report_out_draws_the_charts_with_intervals(synth, migrated_db_path, tmp_path):
+    run = InProcess(migrated_db_path, tmp_path)
     run(*enqueue_args(synth, "prior:whole_clip"))
     run(*enqueue_args(synth, "prior:uniform_random"))
     built = run.json("report", "--run", "prior:uniform_random", "--compare", "prior:whole_clip")

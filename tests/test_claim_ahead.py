@@ -17,6 +17,7 @@ import time
 from contextlib import closing
 
 import pytest
+from inproc import InProcess
 
 from egoqa.backends.fake import FakeBackend
 from egoqa.store import queue
@@ -24,7 +25,8 @@ from egoqa.store.db import open_db
 from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
 from conftest import Cli, enqueue_args
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from helpers import wait_until
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 
 def running(db_path) -> list[tuple[int, str, str]]:
@@ -34,26 +36,15 @@ def running(db_path) -> list[tuple[int, str, str]]:
         ).fetchall()
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_a_worker_holds_the_next_batch_while_one_generates_and_a_signal_releases_both(
-    tmp_path, synth
+    tmp_path, synth, migrated_db_path
 ):
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
-    proc = cli.popen(
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    proc = Cli(migrated_db_path, tmp_path).popen(  # a worker of its own, to signal
         "work", "--batch-size", "2", "--lease", "600", env={"EGOQA_FAKE_DELAY_S": "60"}
     )
     try:
-        held = wait_for(
+        held = wait_until(
             lambda: (rows := running(tmp_path / "egoqa.db")) and len(rows) == 4 and rows,
             60,
             "two batches of two to be held",
@@ -62,7 +53,7 @@ def test_a_worker_holds_the_next_batch_while_one_generates_and_a_signal_releases
         assert len({token for *_, token in held}) == 2  # two claims: running, and ahead
         signalled = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        wait_for(lambda: not running(tmp_path / "egoqa.db"), 5, "both batches to be released")
+        wait_until(lambda: not running(tmp_path / "egoqa.db"), 5, "both batches to be released")
         released_in = time.monotonic() - signalled
         assert proc.wait(timeout=30) == 128 + signal.SIGINT
     finally:
@@ -95,13 +86,12 @@ class _StopsMidClaimAhead(FakeBackend):
 
 
 def test_a_stop_while_the_next_batch_is_being_claimed_waits_for_the_claim_and_releases_it(
-    tmp_path, synth, monkeypatch
+    tmp_path, synth, monkeypatch, migrated_db_path
 ):
     """The interleaving, step by step: the background claim commits; the main thread is stopped
     and starts releasing; only then may the background thread hand its claim to the heartbeat."""
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
-    db = open_db(tmp_path / "egoqa.db")
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    db = open_db(migrated_db_path)
     committed, go, claimed_ahead = threading.Event(), threading.Event(), []
     real_claim = queue.claim
 
@@ -137,7 +127,7 @@ def test_a_stop_while_the_next_batch_is_being_claimed_waits_for_the_claim_and_re
 
 
 def test_segment_frames_are_decoded_side_by_side_before_their_batch_runs(
-    tmp_path, synth, monkeypatch
+    tmp_path, synth, monkeypatch, migrated_db_path
 ):
     """Answer turns read frames inside the segments their parent chose: all of a batch's are
     decoded in the decoder's thread pool, none one job at a time while requests are built."""
@@ -151,9 +141,8 @@ def test_segment_frames_are_decoded_side_by_side_before_their_batch_runs(
         return real_decode(path, offset, timestamps, max_edge, duration)
 
     monkeypatch.setattr(egoqa.media.frames, "_decode", spy)
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "demo", "--set", "backend=fake"))
-    db = open_db(tmp_path / "egoqa.db")
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "demo", "--set", "backend=fake"))
+    db = open_db(migrated_db_path)
     options = WorkerOptions(batch_size=16, until_done=True, decode_threads=2)
     stats = Worker(db, resolve_engine(db), FakeBackend(), options).run()
     assert stats.failed == 0 and stats.done > 0
@@ -171,13 +160,16 @@ class _ThirtyGigabytesFree(FakeBackend):
         return 30 * 2**30
 
 
-def test_text_turns_are_claimed_by_their_own_tokens_not_the_frames_turns_figure(tmp_path, synth):
+def test_text_turns_are_claimed_by_their_own_tokens_not_the_frames_turns_figure(
+    tmp_path, synth, migrated_db_path
+):
     """Under `per_sample_gb = 12` (a frames turn's figure) and 30 GB free, frames turns run two
     at a time; the 5-sample text-only turn, estimated from its tokens, runs in larger batches."""
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "demo", "--set", "backend=fake", "--set", 'batch.size="auto"',
-                      "--set", "batch.per_sample_gb=12"))  # fmt: skip
-    db = open_db(tmp_path / "egoqa.db")
+    InProcess(migrated_db_path, tmp_path)(
+        *enqueue_args(synth, "demo", "--set", "backend=fake", "--set", 'batch.size="auto"',
+                      "--set", "batch.per_sample_gb=12")
+    )  # fmt: skip
+    db = open_db(migrated_db_path)
     options = WorkerOptions(until_done=True, claim_ahead=False)
     stats = Worker(db, resolve_engine(db), _ThirtyGigabytesFree(), options).run()
     assert stats.failed == 0
@@ -191,10 +183,11 @@ def test_text_turns_are_claimed_by_their_own_tokens_not_the_frames_turns_figure(
 
 
 @pytest.mark.parametrize("ahead", [True, False])
-def test_the_summary_reports_batches_claimed_ahead_and_left_padding(tmp_path, synth, ahead):
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
-    db = open_db(tmp_path / "egoqa.db")
+def test_the_summary_reports_batches_claimed_ahead_and_left_padding(
+    tmp_path, synth, ahead, migrated_db_path
+):
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    db = open_db(migrated_db_path)
     options = WorkerOptions(batch_size=2, until_done=True, claim_ahead=ahead)
     stats = Worker(db, resolve_engine(db), FakeBackend(), options).run()
     assert (stats.claimed_ahead > 0) == ahead and stats.done > 0
@@ -204,11 +197,12 @@ def test_the_summary_reports_batches_claimed_ahead_and_left_padding(tmp_path, sy
 
 
 @pytest.mark.postgres
-def test_claiming_ahead_on_postgres_runs_every_job_once(postgres_url, tmp_path, synth):  # noqa: F811
+def test_claiming_ahead_on_postgres_runs_every_job_once(migrated_postgres_url, tmp_path, synth):  # noqa: F811
     """The claim-ahead thread claims on its own pooled connection (FOR UPDATE SKIP LOCKED)."""
-    cli = Cli(postgres_url, tmp_path)
-    cli(*enqueue_args(synth, "demo", "--set", "backend=fake"))
-    db = open_db(postgres_url)
+    InProcess(migrated_postgres_url, tmp_path)(
+        *enqueue_args(synth, "demo", "--set", "backend=fake")
+    )
+    db = open_db(migrated_postgres_url)
     options = WorkerOptions(batch_size=2, until_done=True)
     stats = Worker(db, resolve_engine(db), FakeBackend(), options).run()
     with db.read() as cur:

@@ -2,7 +2,7 @@
 
 Real `egoqa work` processes on the fake backend, slowed with $EGOQA_FAKE_DELAY_S so that they are
 mid-batch when they are killed; leases are the default 15 minutes, so nothing here may wait for
-one to run out.
+one to run out. The commands around them (enqueue, status, retry, sql) run in this process.
 """
 
 from __future__ import annotations
@@ -10,39 +10,44 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
+from inproc import InProcess
 
 from egoqa.store.db import open_db
 
 from conftest import Cli, enqueue_args
+from helpers import wait_until
 
 SLOW = {"EGOQA_FAKE_DELAY_S": "30"}
+pytestmark = pytest.mark.usefixtures("short_waits")  # in every worker's environment too
 
 
 @pytest.fixture
-def planned(tmp_path, synth) -> Cli:
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
-    return cli
+def planned(migrated_db_path, tmp_path, synth) -> InProcess:
+    """`egoqa` in this process, on a database where the baseline style is enqueued."""
+    egoqa = InProcess(migrated_db_path, tmp_path)
+    egoqa(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    return egoqa
+
+
+@pytest.fixture
+def processes(planned) -> Cli:
+    """`egoqa` in a process of its own, on the same database: the workers to kill or stop."""
+    return Cli(planned.db, planned.cwd)
 
 
 def _count(db_path: Path, sql: str) -> int:
-    with open_db(db_path).read() as cur:
-        return cur.one(sql)
+    db = open_db(db_path)
+    try:
+        with db.read() as cur:
+            return cur.one(sql)
+    finally:
+        db.dispose()
 
 
-def _wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _running(cli: Cli) -> int:
+def _running(cli) -> int:
     return _count(Path(cli.db), "SELECT COUNT(*) FROM jobs WHERE state = 'running'")
 
 
@@ -55,9 +60,9 @@ def _gone(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_a_worker_killed_with_sigkill_has_its_jobs_released_at_once(planned):
-    victim = planned.popen("work", env=SLOW)
-    _wait_for(lambda: _running(planned) > 0, what="the worker to claim a batch")
+def test_a_worker_killed_with_sigkill_has_its_jobs_released_at_once(planned, processes):
+    victim = processes.popen("work", env=SLOW)
+    wait_until(lambda: _running(planned) > 0, what="the worker to claim a batch")
     held = planned.json("status")["held"]
     assert [h["pid"] for h in held] == [victim.pid] and held[0]["lease_ends_in_s"] > 600
     victim.send_signal(signal.SIGKILL)
@@ -66,17 +71,17 @@ def test_a_worker_killed_with_sigkill_has_its_jobs_released_at_once(planned):
     assert "released" in retried.stderr and "1 dead worker" in retried.stderr
     assert _running(planned) == 0
     assert planned.json("status")["held"] == []
-    done = planned("work", "--until-done", timeout=120)  # no 15-minute wait for the lease
+    done = planned("work", "--until-done")  # no 15-minute wait for the lease
     assert "0 failed" in done.stderr
     rows = planned.json("sql", "SELECT state, COUNT(*) AS n FROM workers GROUP BY state")
     assert {r["state"]: r["n"] for r in rows} == {"dead": 1, "stopped": 1}
 
 
-def test_until_done_says_whose_leases_it_waits_on(planned):
-    holder = planned.popen("work", env=SLOW)
-    _wait_for(lambda: _running(planned) > 0, what="the first worker to claim a batch")
+def test_until_done_says_whose_leases_it_waits_on(planned, processes):
+    holder = processes.popen("work", env=SLOW)
+    wait_until(lambda: _running(planned) > 0, what="the first worker to claim a batch")
     holder.send_signal(signal.SIGSTOP)  # alive but silent: not dead by its pid
-    waiter = planned.popen("work", "--until-done")
+    waiter = processes.popen("work", "--until-done")
     try:
         line = ""
         for line in waiter.stderr:  # the waiter says what it waits for, then keeps waiting
@@ -93,26 +98,26 @@ def test_until_done_says_whose_leases_it_waits_on(planned):
     assert _count(Path(planned.db), "SELECT COUNT(*) FROM jobs WHERE state <> 'done'") == 0
 
 
-def test_workers_stop_and_release_when_their_supervisor_is_killed(planned):
-    supervisor = planned.popen("work", "--workers", "2", "--device", "cpu", env=SLOW)
-    _wait_for(lambda: _running(planned) > 0, what="the workers to claim")
-    _wait_for(
+def test_workers_stop_and_release_when_their_supervisor_is_killed(planned, processes):
+    supervisor = processes.popen("work", "--workers", "2", "--device", "cpu", env=SLOW)
+    wait_until(lambda: _running(planned) > 0, what="the workers to claim")
+    wait_until(
         lambda: _count(Path(planned.db), "SELECT COUNT(*) FROM workers") == 2,
         what="both workers to register",
     )
     pids = [r["pid"] for r in planned.json("sql", "SELECT pid FROM workers")]
     supervisor.send_signal(signal.SIGKILL)
     supervisor.wait()
-    _wait_for(lambda: all(_gone(p) for p in pids), timeout=60, what="the orphans to stop")
+    wait_until(lambda: all(_gone(p) for p in pids), timeout=60, what="the orphans to stop")
     assert _running(planned) == 0, "an orphan's jobs stayed held"
     states = planned.json("sql", "SELECT state FROM workers")
     assert {r["state"] for r in states} == {"stopped"}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_supervisor_stopped_by_a_signal_exits_128_plus_it(planned, sig):
-    supervisor = planned.popen("work", "--workers", "2", "--device", "cpu", env=SLOW)
-    _wait_for(lambda: _running(planned) > 0, what="the workers to claim")
+def test_a_supervisor_stopped_by_a_signal_exits_128_plus_it(planned, processes, sig):
+    supervisor = processes.popen("work", "--workers", "2", "--device", "cpu", env=SLOW)
+    wait_until(lambda: _running(planned) > 0, what="the workers to claim")
     supervisor.send_signal(sig)
     supervisor.communicate(timeout=120)
     assert supervisor.returncode == 128 + sig

@@ -43,8 +43,9 @@ def test_the_tiny_models_build_is_the_same_bytes_every_time(tiny_model, tmp_path
 
 
 def test_the_same_weights_in_another_directory_share_the_cache(
-    tiny_model, synth, tmp_path, db_path
+    tiny_model, synth, tmp_path, migrated_db_path
 ):
+    db_path = migrated_db_path
     copy = shutil.copytree(tiny_model, tmp_path / "elsewhere" / "copy")
     run = InProcess(db_path, tmp_path)
     enqueue(run, synth, tiny_model, "a")
@@ -54,8 +55,9 @@ def test_the_same_weights_in_another_directory_share_the_cache(
 
 
 def test_new_weights_in_the_same_directory_miss_the_cache_and_old_jobs_are_refused(
-    tiny_model, synth, tmp_path, db_path
+    tiny_model, synth, tmp_path, migrated_db_path
 ):
+    db_path = migrated_db_path
     model = shutil.copytree(tiny_model, tmp_path / "model")
     run = InProcess(db_path, tmp_path)
     enqueue(run, synth, model, "a")

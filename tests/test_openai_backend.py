@@ -21,6 +21,8 @@ from egoqa.dev.synth import write_synth_dataset
 from egoqa.plan.config import GenerationConfig, OpenAIConfig
 from tests.inproc import InProcess
 
+from conftest import copy_db
+
 SECRET = "sk-test-0123456789-never-shown"
 
 
@@ -169,8 +171,12 @@ def test_api_key_in_place_of_its_variable_is_refused_without_echoing_it(tmp_path
 
 
 @pytest.mark.slow
-def test_greedy_png_answers_equal_the_in_process_backend(tmp_path, small, tiny_model, serve):
+def test_greedy_png_answers_equal_the_in_process_backend(
+    tmp_path, small, tiny_model, serve, migrated_template
+):
     server = serve()
+    for name in ("remote.db", "local.db"):
+        copy_db(migrated_template, tmp_path / name)
     remote = InProcess(tmp_path / "remote.db", tmp_path)
     local = InProcess(tmp_path / "local.db", tmp_path)
     enqueue(
@@ -192,10 +198,10 @@ def test_greedy_png_answers_equal_the_in_process_backend(tmp_path, small, tiny_m
 
 
 def test_a_429_storm_and_dropped_connections_end_with_every_job_once(
-    tmp_path, small, tiny_model, serve
+    tmp_path, migrated_db_path, small, tiny_model, serve
 ):
     server = serve(Faults(error_every=2, retry_after_s=0.05, drop_every=3))
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     enqueue(egoqa, small, tiny_model, *openai_args(server.base_url), style="baseline")
     egoqa("work", "--until-done")
     rows = jobs(tmp_path / "egoqa.db")
@@ -203,9 +209,11 @@ def test_a_429_storm_and_dropped_connections_end_with_every_job_once(
     assert server.count > server.answered == 2  # the refused and dropped ones were retried
 
 
-def test_retries_used_up_fail_the_job_as_upstream_unavailable(tmp_path, small, tiny_model, serve):
+def test_retries_used_up_fail_the_job_as_upstream_unavailable(
+    tmp_path, migrated_db_path, small, tiny_model, serve
+):
     server = serve(Faults(error_every=1, error_status=503))
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     extra = openai_args(server.base_url, "--set", "openai.retries=2", "--set", "max_attempts=2")
     enqueue(egoqa, small, tiny_model, *extra, style="baseline")
     egoqa("work", "--until-done")
@@ -216,9 +224,11 @@ def test_retries_used_up_fail_the_job_as_upstream_unavailable(tmp_path, small, t
     assert server.count == 2 * 2 * 3  # jobs × attempts × (1 + retries)
 
 
-def test_a_hung_request_times_out_and_is_retried(tmp_path, small, tiny_model, serve):
+def test_a_hung_request_times_out_and_is_retried(
+    tmp_path, migrated_db_path, small, tiny_model, serve
+):
     server = serve(Faults(hang_every=2))
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     extra = openai_args(
         server.base_url, "--set", "openai.timeout_s=2", "--set", "openai.concurrency=1"
     )
@@ -239,10 +249,10 @@ def test_a_hung_request_times_out_and_is_retried(tmp_path, small, tiny_model, se
     ],
 )
 def test_server_faults_fail_jobs_with_their_kind(
-    tmp_path, small, tiny_model, serve, faults, kind, attempts
+    tmp_path, migrated_db_path, small, tiny_model, serve, faults, kind, attempts
 ):
     server = serve(faults)
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     enqueue(egoqa, small, tiny_model, *openai_args(server.base_url), style="baseline")
     egoqa("work", "--until-done")
     rows = jobs(tmp_path / "egoqa.db")
@@ -251,10 +261,10 @@ def test_server_faults_fail_jobs_with_their_kind(
     ] * 2
 
 
-def test_each_job_is_recorded_as_it_arrives(tmp_path, small, tiny_model, serve):
+def test_each_job_is_recorded_as_it_arrives(tmp_path, migrated_db_path, small, tiny_model, serve):
     """Request 2 hangs; the other job is done (in the database) while it still hangs."""
     server = serve(Faults(hang_every=2))
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     enqueue(egoqa, small, tiny_model, *openai_args(server.base_url), style="baseline")
     seen: list[list[str]] = []
 
@@ -280,10 +290,10 @@ def test_each_job_is_recorded_as_it_arrives(tmp_path, small, tiny_model, serve):
 
 
 def test_a_refused_key_stops_the_worker_jobs_stay_ready_and_the_key_never_shows(
-    tmp_path, small, tiny_model, serve
+    tmp_path, migrated_db_path, small, tiny_model, serve
 ):
     server = serve(api_key_env="EGOQA_TEST_SERVER_KEY")
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     extra = openai_args(server.base_url, "--set", 'openai.api_key_env="EGOQA_TEST_KEY"')
     enqueue(egoqa, small, tiny_model, *extra, style="baseline")
     wrong = {"EGOQA_TEST_KEY": SECRET + "-wrong", "EGOQA_TEST_SERVER_KEY": SECRET}
@@ -305,9 +315,11 @@ def test_a_refused_key_stops_the_worker_jobs_stay_ready_and_the_key_never_shows(
         assert SECRET.encode() not in f.read_bytes()
 
 
-def test_prices_give_the_cost_of_each_turn_and_of_the_run(tmp_path, small, tiny_model, serve):
+def test_prices_give_the_cost_of_each_turn_and_of_the_run(
+    tmp_path, migrated_db_path, small, tiny_model, serve
+):
     server = serve()
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     price = "openai.price_per_mtok={input = 2.0, output = 10.0}"
     enqueue(
         egoqa, small, tiny_model, *openai_args(server.base_url, "--set", price), style="baseline"
@@ -328,12 +340,12 @@ def test_prices_give_the_cost_of_each_turn_and_of_the_run(tmp_path, small, tiny_
 
 
 def test_a_key_refused_mid_run_stops_the_worker_with_the_rest_ready(
-    tmp_path, small, tiny_model, serve
+    tmp_path, migrated_db_path, small, tiny_model, serve
 ):
     """The server starts refusing the key after the first answer: that job stays done, the
     worker stops with one line, the other job is ready with its attempt given back."""
     server = serve(Faults(refuse_key_after=1))
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     extra = ["--set", 'openai.api_key_env="EGOQA_TEST_KEY"', "--set", "openai.concurrency=1"]
     enqueue(egoqa, small, tiny_model, *openai_args(server.base_url, *extra), style="baseline")
     p = egoqa("work", "--until-done", env={"EGOQA_TEST_KEY": SECRET}, check=False)
@@ -346,10 +358,10 @@ def test_a_key_refused_mid_run_stops_the_worker_with_the_rest_ready(
 
 
 def test_status_warns_when_one_engines_results_came_from_two_server_fingerprints(
-    tmp_path, small, tiny_model, serve
+    tmp_path, migrated_db_path, small, tiny_model, serve
 ):
     server = serve()
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+    egoqa = InProcess(migrated_db_path, tmp_path)
     enqueue(
         egoqa, small, tiny_model, *openai_args(server.base_url), "--limit", "1", style="baseline"
     )
@@ -366,14 +378,18 @@ def test_status_warns_when_one_engines_results_came_from_two_server_fingerprints
     assert len(egoqa.json("status")["mixed_fingerprints"]) == 1
 
 
-def test_jobs_waiting_behind_slow_requests_keep_their_lease(tmp_path, small, tiny_model, serve):
-    """One request at a time, 3.5 s each, a 2 s lease: the second job waits longer than its
-    lease; the heartbeat renews it, so nothing is reaped and each job runs once."""
-    server = serve(Faults(latency_s=3.5))
-    egoqa = InProcess(tmp_path / "egoqa.db", tmp_path)
+def test_jobs_waiting_behind_slow_requests_keep_their_lease(
+    tmp_path, migrated_db_path, small, tiny_model, serve
+):
+    """One request at a time, 2 s each, a 1.5 s lease: the second job waits longer than its
+    lease, while the worker reaps every 0.2 s; the heartbeat (every 0.1 s) renews it, so nothing
+    is reaped and each job runs once."""
+    server = serve(Faults(latency_s=2.0))
+    egoqa = InProcess(migrated_db_path, tmp_path)
     extra = openai_args(server.base_url, "--set", "openai.concurrency=1")
     enqueue(egoqa, small, tiny_model, *extra, style="baseline")
-    egoqa("work", "--until-done", "--lease", "2")
+    waits = {"EGOQA_HEARTBEAT_S": "0.1", "EGOQA_REAP_S": "0.2"}
+    egoqa("work", "--until-done", "--lease", "1.5", env=waits)
     rows = jobs(tmp_path / "egoqa.db")
     assert [(j["state"], j["attempts"], j["results"]) for j in rows] == [("done", 1, 1)] * 2
     assert server.count == 2

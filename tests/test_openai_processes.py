@@ -3,38 +3,22 @@ server killed mid-run and started again. Every job ends done, recorded exactly o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 
 import pytest
 
-from egoqa.dev.server import Faults
+from egoqa.dev.server import DevServer, Faults
+from tests.helpers import wait_until
 from tests.inproc import InProcess
 from tests.test_openai_backend import enqueue, jobs, openai_args, serve, small, tiny_backend
 
 __all__ = ["serve", "small", "tiny_backend"]  # fixtures shared with the in-process tests
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/models", timeout=5) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def free_port() -> int:
@@ -43,26 +27,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_a_worker_killed_with_requests_in_flight_loses_nothing_and_repeats_nothing(
-    tmp_path, small, tiny_model, serve
-):
-    server = serve(Faults(latency_s=1.0))
-    db = tmp_path / "egoqa.db"
-    egoqa = InProcess(db, tmp_path)
-    enqueue(egoqa, small, tiny_model, *openai_args(server.base_url), style="baseline")
+@contextlib.contextmanager
+def worker_with_both_requests_in_flight(db, small, tiny_model, server: DevServer):
+    """An `egoqa work --until-done` process on the baseline style's two jobs, yielded once the
+    server holds both jobs' requests; killed on the way out if it still runs."""
+    enqueue(InProcess(db, db.parent), small, tiny_model, *openai_args(server.base_url),
+            style="baseline")  # fmt: skip
     cmd = [sys.executable, "-m", "egoqa", "--db", str(db), "work", "--until-done"]
-    worker = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = subprocess.Popen(cmd, cwd=db.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: server.count >= 2, 120, "both jobs' requests in flight")
-        assert [j["state"] for j in jobs(db)] == ["running"] * 2
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
+        wait_until(lambda: server.count >= 2, 120, "both jobs' requests in flight")
+        yield worker
     finally:
         if worker.poll() is None:
             worker.kill()
+            worker.wait()
         worker.stderr.close()
-    egoqa("work", "--until-done")  # finds the dead worker's jobs and runs them again
+
+
+@pytest.mark.slow
+def test_a_worker_killed_with_requests_in_flight_loses_nothing_and_repeats_nothing(
+    migrated_db_path, small, tiny_model, serve
+):
+    server = serve(Faults(latency_s=1.0))
+    db = migrated_db_path
+    with worker_with_both_requests_in_flight(db, small, tiny_model, server) as worker:
+        assert [j["state"] for j in jobs(db)] == ["running"] * 2
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    InProcess(db, db.parent)("work", "--until-done")  # finds the dead worker's jobs, runs them
     rows = jobs(db)
     # the killed worker's attempt counts; its answers, which arrived after it died, do not
     assert [(j["state"], j["results"], j["attempts"]) for j in rows] == [("done", 1, 2)] * 2
@@ -70,24 +63,19 @@ def test_a_worker_killed_with_requests_in_flight_loses_nothing_and_repeats_nothi
 
 
 @pytest.mark.slow
-def test_the_server_killed_mid_run_and_restarted_loses_nothing(tmp_path, small, tiny_model):
+def test_the_server_killed_mid_run_and_restarted_loses_nothing(
+    migrated_db_path, small, tiny_model, serve
+):
+    """The server is `egoqa dev serve` in a process of its own, SIGKILLed once a first job is
+    done; then a server comes up again on the same port (here, in this process)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    serve_cmd = [
-        sys.executable,
-        "-m",
-        "egoqa",
-        "dev",
-        "serve",
-        str(tiny_model),
-        "--port",
-        str(port),
-    ]
-    serve_cmd += ["--latency", "0.5"]
+    serve_cmd = [sys.executable, "-m", "egoqa", "dev", "serve", str(tiny_model)]
+    serve_cmd += ["--port", str(port), "--latency", "0.5"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    servers = [subprocess.Popen(serve_cmd, env=env, stderr=subprocess.DEVNULL)]
-    db = tmp_path / "egoqa.db"
-    egoqa = InProcess(db, tmp_path)
+    first = subprocess.Popen(serve_cmd, env=env, stderr=subprocess.DEVNULL)
+    db = migrated_db_path
+    egoqa = InProcess(db, db.parent)
     patient = [
         "--set",
         "openai.retries=30",
@@ -98,15 +86,16 @@ def test_the_server_killed_mid_run_and_restarted_loses_nothing(tmp_path, small, 
     ]
     enqueue(egoqa, small, tiny_model, *openai_args(url, *patient), style="baseline")
     killed: list[int] = []
+    failed: list[BaseException] = []
 
     def kill_after_first_job() -> None:
         try:
-            wait_for(lambda: "done" in [j["state"] for j in jobs(db)], 180, "a first job done")
-            servers[0].send_signal(signal.SIGKILL)
-            killed.append(servers[0].wait(timeout=30))
-            servers.append(subprocess.Popen(serve_cmd, env=env, stderr=subprocess.DEVNULL))
-        except AssertionError:
-            killed.append(0)
+            wait_until(lambda: "done" in [j["state"] for j in jobs(db)], 180, "a first job done")
+            first.send_signal(signal.SIGKILL)
+            killed.append(first.wait(timeout=30))
+            serve(Faults(latency_s=0.5), port=port)  # the server again, at the same address
+        except Exception as exc:  # the test fails with it below
+            failed.append(exc)
 
     killer = threading.Thread(target=kill_after_first_job)
     killer.start()
@@ -114,32 +103,22 @@ def test_the_server_killed_mid_run_and_restarted_loses_nothing(tmp_path, small, 
         egoqa("work", "--until-done")
         killer.join(timeout=60)
     finally:
-        for proc in servers:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
-    assert killed == [-signal.SIGKILL]
+        if first.poll() is None:
+            first.terminate()
+            first.wait(timeout=30)
+    assert failed == [] and killed == [-signal.SIGKILL]
     rows = jobs(db)
     assert [(j["state"], j["results"]) for j in rows] == [("done", 1)] * 2
 
 
 @pytest.mark.slow
 def test_sigterm_abandons_hung_requests_and_releases_their_jobs_at_once(
-    tmp_path, small, tiny_model, serve
+    migrated_db_path, small, tiny_model, serve
 ):
     server = serve(Faults(hang_every=1))
-    db = tmp_path / "egoqa.db"
-    egoqa = InProcess(db, tmp_path)
-    enqueue(egoqa, small, tiny_model, *openai_args(server.base_url), style="baseline")
-    cmd = [sys.executable, "-m", "egoqa", "--db", str(db), "work", "--until-done"]
-    worker = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: server.count >= 2, 120, "both jobs' requests hung in flight")
+    db = migrated_db_path
+    with worker_with_both_requests_in_flight(db, small, tiny_model, server) as worker:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=30)  # the requests' timeout is 300 s: they are not awaited
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.stderr.close()
     assert code == 128 + signal.SIGTERM
     assert [(j["state"], j["attempts"]) for j in jobs(db)] == [("ready", 0)] * 2

@@ -23,8 +23,9 @@ def dataset(synth) -> Dataset:
 
 
 @pytest.fixture
-def db(db_path):
-    return open_db(db_path, create=True)
+def db(migrated_db_path):
+    """A fresh SQLite database at the schema's head (a copy of the migrated template)."""
+    return open_db(migrated_db_path)
 
 
 def plan(db, dataset, *overrides, style=None, run="r", recompute=False):

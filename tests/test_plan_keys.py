@@ -20,6 +20,8 @@ from egoqa.plan.styles import load_style
 from egoqa.store import db as store_db
 from egoqa.store.db import open_db
 
+from conftest import copy_db
+
 STYLES = {  # style: the preset the original pipeline ran it with
     "baseline": "baseline",
     "stage_analysis": "coarse",
@@ -71,11 +73,12 @@ def fixed_dataset(tmp_path: Path) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory) -> dict[str, list[tuple]]:
+def planned(tmp_path_factory, migrated_template) -> dict[str, list[tuple]]:
     tmp = tmp_path_factory.mktemp("keys")
     ds, out = fixed_dataset(tmp), {}
     for style, preset in STYLES.items():
-        db = open_db(tmp / f"{style}.db", create=True)
+        copy_db(migrated_template, tmp / f"{style}.db")
+        db = open_db(tmp / f"{style}.db")
         enqueue_run(db, ds, load_config(preset), load_style(style), "r")
         with db.read() as cur:
             out[style] = cur.all(

@@ -1,11 +1,11 @@
-"""Pure policies, alone: GPU groups, restart backoff, batch sizes."""
+"""Pure policies, alone: GPU groups, restart backoff, batch sizes, the workers' waits."""
 
 from __future__ import annotations
 
 import pytest
 
 from egoqa.errors import ConfigError
-from egoqa.work import batching
+from egoqa.work import batching, waits
 from egoqa.work.supervisor import backoff, gpu_groups, parse_gpus
 
 
@@ -109,3 +109,61 @@ def test_a_batch_is_cut_by_prompt_length_only_where_padding_costs_more_than_a_pa
 
 def test_split_halves():
     assert batching.split([1, 2, 3, 4, 5]) == ([1, 2], [3, 4, 5])
+
+
+WAITS = {
+    "EGOQA_HEARTBEAT_S": 5.0,
+    "EGOQA_IDLE_MAX_S": 2.0,
+    "EGOQA_REAP_S": 5.0,
+    "EGOQA_WAIT_NOTE_S": 5.0,
+    "EGOQA_SUPERVISOR_TICK_S": 1.0,
+}
+
+
+def _waits_read() -> dict[str, float]:
+    """What the worker, its heartbeat and the supervisor take for each wait."""
+    from egoqa.work.heartbeat import Heartbeat
+    from egoqa.work.supervisor import Supervisor
+    from egoqa.work.worker import WorkerOptions
+
+    options = WorkerOptions()
+    return {
+        "EGOQA_HEARTBEAT_S": Heartbeat(None, "w", lease_s=900.0).period_s,
+        "EGOQA_IDLE_MAX_S": options.idle_max_s,
+        "EGOQA_REAP_S": options.reap_every_s,
+        "EGOQA_WAIT_NOTE_S": options.wait_note_s,
+        "EGOQA_SUPERVISOR_TICK_S": Supervisor([], []).tick_s,
+    }
+
+
+def test_the_waits_keep_their_defaults_unless_the_environment_sets_them(monkeypatch):
+    for name in WAITS:
+        monkeypatch.delenv(name, raising=False)
+    assert _waits_read() == WAITS
+    for name in WAITS:
+        monkeypatch.setenv(name, "0.25")
+    assert _waits_read() == dict.fromkeys(WAITS, 0.25)
+
+
+def test_a_heartbeat_comes_every_third_of_the_lease_when_that_is_sooner(monkeypatch):
+    from egoqa.work.heartbeat import Heartbeat
+
+    monkeypatch.setenv("EGOQA_HEARTBEAT_S", "2")
+    assert Heartbeat(None, "w", lease_s=3.0).period_s == 1.0
+    assert Heartbeat(None, "w", lease_s=30.0).period_s == 2.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_a_wait_that_is_not_a_positive_number_of_seconds_is_refused_naming_it(monkeypatch, value):
+    monkeypatch.setenv("EGOQA_IDLE_MAX_S", value)
+    with pytest.raises(ConfigError, match=r"\$EGOQA_IDLE_MAX_S=.* not a number of seconds"):
+        waits.idle_max_s()
+
+
+def test_work_refuses_a_bad_wait_in_one_line_before_it_opens_the_database(tmp_path):
+    from inproc import InProcess
+
+    bad = {"EGOQA_SUPERVISOR_TICK_S": "-1"}
+    out = InProcess(tmp_path / "egoqa.db", tmp_path)("work", "--workers", "2", env=bad, check=False)
+    assert out.returncode == 1 and out.stderr.startswith("error: $EGOQA_SUPERVISOR_TICK_S='-1'")
+    assert len(out.stderr.splitlines()) == 1  # not "no database at ...": it looked first

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from inproc import InProcess
 
 from egoqa.answers.metrics import union_length
 from egoqa.plan.dataset import load_nlq
@@ -19,9 +20,15 @@ from egoqa.store import queue
 from egoqa.store.db import open_db
 
 from conftest import enqueue_args
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 CLIP_SEC = 24.0  # the synthetic clips' length (conftest's `synth`)
+
+
+@pytest.fixture
+def cli(db_path, tmp_path) -> InProcess:
+    """`egoqa` in this process, on `db_path`."""
+    return InProcess(db_path, tmp_path)
 
 
 def _rows(db_path: Path, run: str) -> list[dict]:
@@ -41,7 +48,8 @@ def _windows(rows: list[dict]) -> list[list[float]]:
     return [[s[0], s[1]] for r in rows for s in json.loads(r["segments"])]
 
 
-def test_whole_clip_prior_is_done_at_enqueue_and_covers_every_query(cli, synth, db_path):
+def test_whole_clip_prior_is_done_at_enqueue_and_covers_every_query(cli, synth, migrated_db_path):
+    db_path = migrated_db_path
     out = cli(*enqueue_args(synth, "prior:whole_clip"))
     assert "no worker needed" in out.stdout
     rows = _rows(db_path, "prior:whole_clip")
@@ -66,8 +74,9 @@ def test_whole_clip_prior_is_done_at_enqueue_and_covers_every_query(cli, synth, 
     assert [p["predicted_times"] for p in exported] == [[[0.0, CLIP_SEC]]] * 13
 
 
-def test_uniform_random_is_seeded_per_query(synth, db_path):
-    db = open_db(db_path, create=True)
+def test_uniform_random_is_seeded_per_query(synth, migrated_db_path):
+    db_path = migrated_db_path
+    db = open_db(db_path)
     data, few = (
         load_nlq(synth.annotations, synth.videos),
         load_nlq(synth.annotations, synth.videos, limit=4),
@@ -117,7 +126,10 @@ def _training_file(path: Path) -> Path:
     return path
 
 
-def test_length_prior_learns_length_and_position_from_the_fit_file(cli, synth, db_path, tmp_path):
+def test_length_prior_learns_length_and_position_from_the_fit_file(
+    cli, synth, migrated_db_path, tmp_path
+):
+    db_path = migrated_db_path
     fit = _training_file(tmp_path / "nlq_train.json")
     cli(*enqueue_args(synth, "prior:length_prior", "--fit", str(fit), "--run", "lp"))
     rows = _rows(db_path, "lp")
@@ -158,15 +170,19 @@ def test_union_length_counts_overlapping_windows_once():
 
 
 @pytest.mark.postgres
-def test_a_prior_run_and_its_clusters_read_the_same_on_postgresql(synth, db_path, postgres_url):  # noqa: F811
+def test_a_prior_run_and_its_clusters_read_the_same_on_postgresql(
+    synth,
+    migrated_db_path,
+    migrated_postgres_url,  # noqa: F811
+):
     data = load_nlq(synth.annotations, synth.videos)
     prior = parse_prior("prior:uniform_random", ["seed=7"], None)
     select = """SELECT clip_uid, annotation_uid, query_idx, state, response, segments, correct,
                        iou_top1, outcome, clip_duration, cluster, cluster_label, cluster_method
                   FROM results ORDER BY clip_uid, annotation_uid, query_idx"""
     seen = []
-    for url in (str(db_path), postgres_url):
-        db = open_db(url, create=True)
+    for url in (str(migrated_db_path), migrated_postgres_url):
+        db = open_db(url)
         enqueue_prior_run(db, data, prior, "r", None)
         cluster_run(db, "r", k=3)
         assert queue.claim(db, "a-worker", prior.model, 100, lease_s=60).jobs == []

@@ -44,8 +44,10 @@ def test_a_run_split_is_read_from_its_annotation_file_name():
     assert published.matching("train", None) == []
 
 
-def test_report_and_explorer_show_published_results_beside_a_val_run(synth, db_path, tmp_path):
-    run = InProcess(db_path, tmp_path)
+def test_report_and_explorer_show_published_results_beside_a_val_run(
+    synth, migrated_db_path, tmp_path
+):
+    run = InProcess(migrated_db_path, tmp_path)
     run(*enqueue_args(synth, "prior:whole_clip"))
     built = run.json("report", "--run", "prior:whole_clip")
     assert built["published"]["label"] == "as published: protocols differ"
@@ -61,10 +63,12 @@ def test_report_and_explorer_show_published_results_beside_a_val_run(synth, db_p
     assert any(row[0] == "GroundNLQ (fine-tuned)" and row[1] == "26.98" for row in shown[2])
 
 
-def test_a_run_of_a_file_that_names_no_split_shows_no_published_results(synth, db_path, tmp_path):
+def test_a_run_of_a_file_that_names_no_split_shows_no_published_results(
+    synth, migrated_db_path, tmp_path
+):
     mine = tmp_path / "my_queries.json"
     shutil.copyfile(synth.annotations, mine)
-    run = InProcess(db_path, tmp_path)
+    run = InProcess(migrated_db_path, tmp_path)
     args = enqueue_args(synth, "prior:whole_clip")
     args[args.index(str(synth.annotations))] = str(mine)
     run(*args)

@@ -16,7 +16,7 @@ from egoqa.store.db import open_db
 from egoqa.store.read import read_only_sql
 from egoqa.store.sqlrole import ReaderLimits, ensure_reader, open_sql_db, scram_verifier
 
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from pg import migrated_postgres_url, postgres_server  # noqa: F401 -- fixtures
 
 pytestmark = pytest.mark.postgres
 
@@ -31,9 +31,9 @@ def reader_settings(db, role: str) -> dict[str, str]:
     return dict(row[0].split("=", 1) for row in rows)
 
 
-def test_db_upgrade_sets_the_readers_time_limits_on_the_role(postgres_url, tmp_path):  # noqa: F811
-    InProcess(postgres_url, tmp_path)("db", "upgrade")
-    db = open_db(postgres_url)
+def test_db_upgrade_sets_the_readers_time_limits_on_the_role(migrated_postgres_url, tmp_path):  # noqa: F811
+    InProcess(migrated_postgres_url, tmp_path)("db", "upgrade")  # the schema's copy has no role
+    db = open_db(migrated_postgres_url)
     with db.read() as cur:
         (role,) = cur.all("SELECT role FROM sql_readers")[0]
     settings = reader_settings(db, role)
@@ -46,8 +46,8 @@ def test_db_upgrade_sets_the_readers_time_limits_on_the_role(postgres_url, tmp_p
     }
 
 
-def test_a_readers_long_statement_is_cancelled_by_the_role_limit(postgres_url):  # noqa: F811
-    owner = open_db(postgres_url, create=True)
+def test_a_readers_long_statement_is_cancelled_by_the_role_limit(migrated_postgres_url):  # noqa: F811
+    owner = open_db(migrated_postgres_url)
     ensure_reader(owner, ReaderLimits(statement_s=0.2))
     reader = open_sql_db(owner)
     try:
@@ -58,10 +58,10 @@ def test_a_readers_long_statement_is_cancelled_by_the_role_limit(postgres_url): 
         owner.dispose()
 
 
-def test_a_reader_waiting_on_a_lock_gives_up_by_the_role_limit(postgres_url):  # noqa: F811
+def test_a_reader_waiting_on_a_lock_gives_up_by_the_role_limit(migrated_postgres_url):  # noqa: F811
     """A reader queued behind an ALTER TABLE's lock must not wait for it (and so must not hold
     up every later claim queued behind both)."""
-    owner = open_db(postgres_url, create=True)
+    owner = open_db(migrated_postgres_url)
     ensure_reader(owner, ReaderLimits(lock_s=0.2))
     reader = open_sql_db(owner)
     try:
@@ -74,16 +74,21 @@ def test_a_reader_waiting_on_a_lock_gives_up_by_the_role_limit(postgres_url):  #
         owner.dispose()
 
 
-def test_the_password_is_never_in_a_logged_statement(postgres_url, postgres_server, tmp_path):  # noqa: F811
-    name = postgres_url.rsplit("/", 1)[1]
+def test_the_password_is_never_in_a_logged_statement(
+    migrated_postgres_url,  # noqa: F811
+    postgres_server,  # noqa: F811
+    tmp_path,
+):
+    url = migrated_postgres_url
+    name = url.rsplit("/", 1)[1]
     postgres_server.admin(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")
     log = postgres_server.root / "server.log"
     start = log.stat().st_size
-    cli = InProcess(postgres_url, tmp_path)
+    cli = InProcess(url, tmp_path)
     cli("db", "upgrade")
     cli("db", "upgrade")  # a second one refreshes the password
     assert cli.json("sql", "SELECT 1 AS one") == [{"one": 1}]
-    db = open_db(postgres_url)
+    db = open_db(url)
     with db.read() as cur:
         role, password = cur.all("SELECT role, password FROM sql_readers")[0]
     db.dispose()

@@ -1,14 +1,14 @@
 """Crash safety with real worker processes: kills, pauses, signals, and many writers at once.
 
 Workers here are the real `egoqa work` subprocesses on the fake backend, slowed per batch with
-$EGOQA_FAKE_DELAY_S so that kills and signals land mid-batch; the many-writer runs drive the
-store's claim/complete from spawned processes.
+$EGOQA_FAKE_DELAY_S so that kills and signals land mid-batch, with the short idle back-off and
+supervisor tick of `conftest.SHORT_WAITS`; the many-writer runs drive the store's claim/complete
+from spawned processes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -20,15 +20,19 @@ import time
 from pathlib import Path
 
 import pytest
-from test_store_contract import assert_each_job_claimed_once, enqueue_independent, run_claimers
+from claiming_processes import run_claimers
+from inproc import InProcess
+from test_store_contract import MODEL, assert_each_job_claimed_once, enqueue_independent
 
 from egoqa.dev.synth import write_synth_dataset
 from egoqa.store.db import open_db, resolve_url
 
-from conftest import Cli, enqueue_args
-from pg import postgres_server, postgres_url  # noqa: F401
+from conftest import copy_db, enqueue_args
+from helpers import wait_until
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 DELAY_ENV = "EGOQA_FAKE_DELAY_S"
+pytestmark = pytest.mark.usefixtures("short_waits")  # in every worker's environment too
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +74,12 @@ class Workers:
         return "\n".join(parts[-6:])
 
 
-def plan(cli, dataset, *settings: str) -> dict:
-    args = enqueue_args(dataset, "demo", "--set", "backend=fake", "--run", "r", "--json")
+def plan(db: Path, dataset, *settings: str) -> dict:
+    """Enqueue the demo style on the fake backend as run `r` (in this process)."""
+    args = enqueue_args(dataset, "demo", "--set", "backend=fake", "--run", "r")
     for s in settings:
         args += ["--set", s]
-    return json.loads(cli(*args).stdout)
+    return InProcess(db, db.parent).json(*args)
 
 
 def query(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -92,16 +97,6 @@ def holders(db_path: Path) -> dict[int, list[int]]:
     for job_id, owner in query(db_path, "SELECT id, lease_owner FROM jobs WHERE state='running'"):
         out.setdefault(owner_pid(owner), []).append(job_id)
     return out
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def answers(db_path: Path) -> dict[str, tuple]:
@@ -135,13 +130,15 @@ def integrity(db_path: Path) -> list[tuple]:
 
 @pytest.mark.slow
 def test_workers_killed_at_random_moments_lose_nothing_and_write_nothing_twice(
-    chaos_synth, tmp_path, record_property
+    chaos_synth, tmp_path, record_property, migrated_template
 ):
     seed = int(os.environ.get("EGOQA_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     db, ref = tmp_path / "chaos.db", tmp_path / "reference.db"
-    planned = plan(Cli(db, tmp_path), chaos_synth, "max_attempts=50")
-    plan(Cli(ref, tmp_path), chaos_synth, "max_attempts=50")
+    for path in (db, ref):
+        copy_db(migrated_template, path)
+    planned = plan(db, chaos_synth, "max_attempts=50")
+    plan(ref, chaos_synth, "max_attempts=50")
     n_jobs = planned["jobs_total"]
     assert n_jobs >= 200
 
@@ -218,9 +215,10 @@ def stop_outside_a_write(proc: subprocess.Popen, db_path: Path) -> None:
 
 @pytest.mark.slow
 def test_paused_worker_that_lost_its_lease_cannot_overwrite_and_carries_on(
-    synth, cli, db_path, tmp_path
+    synth, migrated_db_path, tmp_path
 ):
-    planned = plan(cli, synth, "style=baseline")
+    db_path = migrated_db_path
+    planned = plan(db_path, synth, "style=baseline")
     n_jobs = planned["jobs_total"]
     workers = Workers(db_path, tmp_path / "logs")
     zombie = workers.start(
@@ -228,11 +226,11 @@ def test_paused_worker_that_lost_its_lease_cannot_overwrite_and_carries_on(
     )
     rescuer = None
     try:
-        held = wait_for(lambda: holders(db_path).get(zombie.pid), 60, "the worker to claim")
+        held = wait_until(lambda: holders(db_path).get(zombie.pid), 60, "the worker to claim")
         time.sleep(0.3)  # into the slow generate
         stop_outside_a_write(zombie, db_path)
         held = holders(db_path)[zombie.pid]
-        wait_for(lambda: leases_expired(db_path), 10, "the paused worker's lease to expire")
+        wait_until(lambda: leases_expired(db_path), 10, "the paused worker's lease to expire")
         rescuer = workers.start("--single", "--until-done", "--batch-size", "4", delay_s=0)
         assert rescuer.wait(timeout=120) == 0, workers.tail()
         writers = query(db_path, "SELECT DISTINCT worker_id FROM job_results")
@@ -286,16 +284,17 @@ def work_args(workers: int, *extra: str) -> tuple[str, ...]:
 @pytest.mark.parametrize(("signum", "before", "after"), GRACEFUL)
 @pytest.mark.slow
 def test_signal_releases_held_jobs_at_once_and_a_different_pool_finishes(
-    signum, before, after, synth, cli, db_path, tmp_path
+    signum, before, after, synth, migrated_db_path, tmp_path
 ):
-    planned = plan(cli, synth, "style=baseline")
+    db_path = migrated_db_path
+    planned = plan(db_path, synth, "style=baseline")
     n_jobs = planned["jobs_total"]
     workers = Workers(db_path, tmp_path / "logs", delay_s=60)
     proc = workers.start(*work_args(before, "--lease", "600"))
     pids: list[int] = []
     try:
         # each worker holds the batch it generates (2 jobs) and, once claimed, the next one
-        wait_for(
+        wait_until(
             lambda: (h := holders(db_path)) and len(h) == before and min(map(len, h.values())) >= 2,
             60,
             f"{before} worker(s) to hold jobs",
@@ -306,7 +305,7 @@ def test_signal_releases_held_jobs_at_once_and_a_different_pool_finishes(
         signalled = time.monotonic()
         proc.send_signal(signum)
         try:
-            wait_for(lambda: not holders(db_path), 5, "the held jobs to be released")
+            wait_until(lambda: not holders(db_path), 5, "the held jobs to be released")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{workers.tail()}") from None
         released_in = time.monotonic() - signalled
@@ -345,15 +344,15 @@ MANY = [
 
 @pytest.mark.parametrize(("backend", "procs", "n_jobs"), MANY)
 def test_many_writers_claim_every_job_once_without_lock_errors(
-    backend, procs, n_jobs, request, tmp_path, record_property
+    backend, procs, n_jobs, request, record_property
 ):
     if backend == "sqlite":
-        url = resolve_url(tmp_path / "many.db")
+        url = resolve_url(request.getfixturevalue("migrated_db_path"))
     else:
-        url = request.getfixturevalue("postgres_url")
-    db = open_db(url, create=True)
+        url = request.getfixturevalue("migrated_postgres_url")
+    db = open_db(url)
     enqueue_independent(db, n_jobs, clips=100)
-    reports, seconds = run_claimers(url, batches=[16] * procs)
+    reports, seconds = run_claimers(url, MODEL, batches=[16] * procs)
     errors = [e for r in reports for e in r["errors"]]
     locked = sum("locked" in e for e in errors)
     rate = n_jobs / seconds

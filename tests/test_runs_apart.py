@@ -14,7 +14,7 @@ from alembic import command
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
 from egoqa.store.db import alembic_config, open_db, resolve_url
 
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 PRIOR = ("--config", "prior:whole_clip")
@@ -29,11 +29,15 @@ def data(tmp_path_factory) -> SynthPaths:
     )
 
 
-@pytest.fixture(params=BACKENDS)
-def cli(request, tmp_path) -> InProcess:
-    if request.param == "sqlite":
-        return InProcess(tmp_path / "egoqa.db", tmp_path)
-    return InProcess(request.getfixturevalue("postgres_url"), tmp_path)
+@pytest.fixture
+def cli(store_backend, request, tmp_path) -> InProcess:
+    """`egoqa` on a fresh database at the schema's head, with the read-only role `sql` runs as
+    on PostgreSQL (`db upgrade` makes it, as a first enqueue would)."""
+    if store_backend == "sqlite":
+        return InProcess(request.getfixturevalue("migrated_db_path"), tmp_path)
+    egoqa = InProcess(request.getfixturevalue("migrated_postgres_url"), tmp_path)
+    egoqa("db", "upgrade")
+    return egoqa
 
 
 def enqueue(cli: InProcess, data: SynthPaths, annotations: Path, run: str, *extra: str):

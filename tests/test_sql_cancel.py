@@ -14,8 +14,9 @@ import pytest
 from inproc import InProcess
 
 from egoqa.store.db import open_db
+from egoqa.store.sqlrole import ensure_reader
 
-from pg import postgres_server, postgres_url  # noqa: F401
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 # Counts an endless recursion: no row ever comes back, and memory stays flat.
 ENDLESS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n FROM r) SELECT COUNT(*) AS n FROM r"
@@ -24,12 +25,14 @@ MARKER = "running the statement"  # logged (with -v) just before the statement s
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def url(request, tmp_path) -> str:
-    """An empty egoqa database: a SQLite file, or a fresh database on the test server."""
+    """An empty egoqa database (at the schema's head): a SQLite file, or a fresh database on the
+    test server, with the read-only role `sql` runs as there."""
     if request.param == "sqlite":
-        target = str(tmp_path / "egoqa.db")
-    else:
-        target = request.getfixturevalue("postgres_url")
-    open_db(target, create=True).dispose()
+        return str(request.getfixturevalue("migrated_db_path"))
+    target = request.getfixturevalue("migrated_postgres_url")
+    db = open_db(target)
+    ensure_reader(db)  # what the first enqueue (or `egoqa db upgrade`) makes
+    db.dispose()
     return target
 
 

@@ -10,30 +10,25 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from inproc import InProcess
 
 from egoqa.errors import EgoqaError, ReadOnlyViolation
 from egoqa.store.db import open_db
 from egoqa.store.read import read_only_sql
 from egoqa.store.sqlrole import open_sql_db, reader_name
 
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from pg import migrated_postgres_url, postgres_server  # noqa: F401 -- fixtures
 
 pytestmark = pytest.mark.postgres
 
 
 def egoqa(url: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "egoqa", "--db", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+    """The real `egoqa` command, in this process (no signal or process of its own matters)."""
+    return InProcess(url, Path.cwd())(*args, env=env, check=False)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -57,18 +52,20 @@ def fingerprint(url: str) -> tuple:
 
 
 @pytest.fixture
-def upgraded(postgres_url) -> str:  # noqa: F811
-    proc = egoqa(postgres_url, "db", "upgrade")
+def upgraded(migrated_postgres_url) -> str:  # noqa: F811
+    """A database at the schema's head (a copy) after `egoqa db upgrade` made its reader."""
+    url = migrated_postgres_url
+    proc = egoqa(url, "db", "upgrade")
     assert proc.returncode == 0, proc.stderr
     assert "read-only role egoqa_sql_" in proc.stdout
-    db = open_db(postgres_url)
+    db = open_db(url)
     with db.write() as cur:
         cur.execute(
             """INSERT INTO runs (name, config, config_hash, style, graded_turn, provenance,
                                  created_at) VALUES ('r', '{}', 'h', '{}', 'g', '{}', 0)"""
         )
     db.dispose()
-    return postgres_url
+    return url
 
 
 def test_sql_runs_as_the_read_only_role_not_as_the_urls_superuser(upgraded):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
-import multiprocessing
 import re
 import time
 from pathlib import Path
@@ -17,37 +16,22 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from claiming_processes import run_claimers
+from inproc import InProcess
 from sqlalchemy import inspect, text
 
 from alembic import command
 from egoqa.errors import DatabaseError, ReadOnlyViolation, SchemaMismatch
 from egoqa.store import graph, limits, queue
-from egoqa.store.db import Database, alembic_config, open_db, resolve_url
+from egoqa.store.db import Database, alembic_config, open_db
 from egoqa.store.models import Base
 
-from conftest import Cli, enqueue_args
-from pg import postgres_server, postgres_url  # noqa: F401
+from conftest import enqueue_args
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 PACKAGE = Path(__file__).resolve().parent.parent / "egoqa"
 MODEL = "contract-model"
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 HOSTILE_QUERY = "'; DROP TABLE jobs; --"
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request, tmp_path) -> str:
-    """An empty database on each backend."""
-    if request.param == "sqlite":
-        return resolve_url(tmp_path / "egoqa.db")
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def db(url):
-    """A fresh database migrated to head."""
-    handle = open_db(url, create=True)
-    yield handle
-    handle.dispose()
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -151,65 +135,6 @@ def reap(db: Database) -> tuple[int, int]:
 # --- processes that claim concurrently (also used by test_resilience) -------------------------
 
 
-def claim_until_empty(url, batch, owner, barrier, out, first_held) -> None:
-    """Child process: claim and complete in batches until nothing is ready; report what it got.
-    Every process holds its first batch before any goes on (`first_held`), so all of them claim
-    side by side however the machine schedules them."""
-    claimed: list[int] = []
-    won: list[int] = []
-    errors: list[str] = []
-    db = open_db(url)
-    barrier.wait(timeout=120)
-    started = time.time()
-    first = True
-    try:
-        while True:
-            c = queue.claim(db, owner, MODEL, batch, 300)
-            if first:
-                first = False
-                first_held.wait(timeout=120)
-            if not c.jobs:
-                break
-            claimed += [j.id for j in c.jobs]
-            won += sorted(complete_all(db, c))
-    except Exception as exc:  # reported to the parent, which fails the test with it
-        errors.append(f"{type(exc).__name__}: {exc}")
-    out.put(
-        {
-            "owner": owner,
-            "claimed": claimed,
-            "won": won,
-            "errors": errors,
-            "started": started,
-            "ended": time.time(),
-        }
-    )
-    db.dispose()
-
-
-def run_claimers(url: str, batches: list[int], timeout: float = 120) -> tuple[list[dict], float]:
-    """Start one spawned process per batch size, release them together; (reports, seconds)."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, out = ctx.Barrier(len(batches) + 1), ctx.Queue()
-    first_held = ctx.Barrier(len(batches))
-    procs = [
-        ctx.Process(target=claim_until_empty, args=(url, b, f"proc{i}", barrier, out, first_held))
-        for i, b in enumerate(batches)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        barrier.wait(timeout=timeout)
-        t0 = time.time()
-        reports = [out.get(timeout=timeout) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return reports, max(r["ended"] for r in reports) - t0
-
-
 def enqueue_independent(db: Database, n: int, clips: int = 20) -> None:
     clip_ids = add_clips(db, clips)
     enqueue(db, [job(f"job-{i:06d}", clip_ids[i % clips], turn=i % 3) for i in range(n)])
@@ -288,9 +213,9 @@ def test_child_enqueued_after_its_parent_finished_is_ready_at_once(db):
 # --- claiming --------------------------------------------------------------------------------
 
 
-def test_four_processes_claim_2000_jobs_each_exactly_once(db, url):
+def test_four_processes_claim_2000_jobs_each_exactly_once(db):
     enqueue_independent(db, 2000)
-    reports, _ = run_claimers(url, batches=[1, 3, 8, 16])
+    reports, _ = run_claimers(db.url, MODEL, batches=[1, 3, 8, 16])
     assert_each_job_claimed_once(db, reports, 2000)  # each held a batch at once (`first_held`)
 
 
@@ -542,18 +467,16 @@ def test_downgrade_to_base_then_upgrade_to_head_works(url):
     db.dispose()
 
 
-def test_schema_newer_than_the_code_is_refused_naming_what_to_do(url):
-    db = open_db(url, create=True)
+def test_schema_newer_than_the_code_is_refused_naming_what_to_do(db):
     with db.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedcafe'"))
     for kwargs in ({}, {"create": True}, {"readonly": True}):
         with pytest.raises(SchemaMismatch, match=r"newer than this egoqa.*upgrade egoqa"):
-            open_db(url, **kwargs)
+            open_db(db.url, **kwargs)
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
             "f00dfeedcafe"
         )
-    db.dispose()
 
 
 # --- read-only SQL is enforced by the database -----------------------------------------------
@@ -586,14 +509,14 @@ def fingerprint(db: Database) -> tuple:
         )
 
 
-def test_sql_refuses_writes_enforced_by_the_database(db, url):
+def test_sql_refuses_writes_enforced_by_the_database(db):
     from egoqa.store.read import read_only_sql
 
     (clip,) = add_clips(db)
     enqueue(db, [job("a", clip), job("b", clip, 1)])
     complete_all(db, claim(db, n=1))
     before = fingerprint(db)
-    ro = open_db(url, readonly=True)
+    ro = open_db(db.url, readonly=True)
     for stmt in WRITES:
         with pytest.raises(ReadOnlyViolation, match="read-only"):
             read_only_sql(ro, stmt)
@@ -710,13 +633,15 @@ def test_query_text_with_sql_metacharacters_round_trips_as_data(db, synth, tmp_p
 
 
 def test_cli_enqueue_work_status_and_sql_end_to_end(url, synth, tmp_path):
-    cli = Cli(url, tmp_path)
+    """From an empty database: the first `enqueue` makes the schema (and, on PostgreSQL, the
+    read-only role `sql` runs as)."""
+    cli = InProcess(url, tmp_path)
     annotations = hostile_annotations(synth, tmp_path)
     args = enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "e2e")
     args[args.index("--annotations") + 1] = str(annotations)
     planned = json.loads(cli(*args, "--json").stdout)
     assert planned["jobs_new"] > 0
-    cli("work", "--until-done", "--batch-size", "4", timeout=120)
+    cli("work", "--until-done", "--batch-size", "4")
     status = cli.json("status")
     assert status["jobs"] == {"done": planned["jobs_total"]}
     assert {r["run"] for r in status["progress"]} == {"e2e"}
@@ -732,8 +657,8 @@ def test_cli_enqueue_work_status_and_sql_end_to_end(url, synth, tmp_path):
 
 
 def test_postgres_url_without_a_server_fails_with_one_line(tmp_path):
-    cli = Cli(f"postgresql+psycopg://nobody@127.0.0.1:{_closed_port()}/egoqa", tmp_path)
-    out = cli("status", check=False, timeout=60)
+    cli = InProcess(f"postgresql+psycopg://nobody@127.0.0.1:{_closed_port()}/egoqa", tmp_path)
+    out = cli("status", check=False)
     assert out.returncode == 1
     try:
         import psycopg  # noqa: F401 -- the test extra installs it

@@ -32,30 +32,12 @@ from test_store_contract import (
     states,
 )
 
-from egoqa.dev.synth import write_synth_dataset
 from egoqa.store import graph, queue
 from egoqa.store.db import open_db
 
 from conftest import Cli, enqueue_args
 from helpers import STACKS_ON_ABORT, communicate_or_dump, running_jobs, wait_until
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "egoqa.db")
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def db(url):
-    handle = open_db(url, create=True)
-    yield handle
-    handle.dispose()
-
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 # --- 2. a job's state changes only under its lease ----------------------------------------------
 
@@ -78,14 +60,14 @@ def _wait_until_blocked(db, thread: threading.Thread) -> None:
 
 
 @pytest.mark.parametrize("late", ["fail", "complete"])
-def test_a_write_racing_the_reaper_changes_nothing_once_the_lease_is_lost(db, url, late):
+def test_a_write_racing_the_reaper_changes_nothing_once_the_lease_is_lost(db, late):
     """A's lease expires; B reaps and claims the job in one open transaction; A's late write
     starts while B still holds it. Once B commits, A's write must find nothing to change."""
     (clip,) = add_clips(db)
     ids = enqueue(db, [job("a", clip), job("child", clip, 1, parents=("a",))]).ids
     a = claim(db, owner="A", lease_s=60)
     expire_leases(db)
-    db_a, db_b = open_db(url), open_db(url)
+    db_a, db_b = open_db(db.url), open_db(db.url)
     outcome: dict = {}
 
     def late_write() -> None:
@@ -187,34 +169,30 @@ def test_recompute_counts_only_the_jobs_it_requeued(db):
 
 
 @pytest.mark.slow
-def test_a_worker_whose_batches_outlive_many_lease_renewals_finishes_without_a_restart(tmp_path):
-    data = write_synth_dataset(
-        tmp_path / "data", clips=4, queries_per_clip=6, duration_sec=6.0, seed=11
-    )
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    plan = json.loads(
-        cli(
-            *enqueue_args(data, "baseline", "--set", "backend=fake", "--run", "long", "--json")
-        ).stdout
-    )
-    assert plan["jobs_total"] >= 20
-    # Each batch (one job) takes 0.7 s; the lease is 1.5 s and is renewed every 0.5 s.
-    out = cli(
-        "-vv", "work", "--until-done", "--batch-size", "1", "--lease", "1.5",
-        env={"EGOQA_FAKE_DELAY_S": "0.7"}, timeout=300,
+def test_a_worker_whose_batches_outlive_many_lease_renewals_finishes_without_a_restart(
+    tmp_path, synth, migrated_db_path
+):
+    egoqa = InProcess(migrated_db_path, tmp_path)
+    plan = egoqa.json(*enqueue_args(synth, "baseline", "--set", "backend=fake", "--run", "long"))
+    assert plan["jobs_total"] >= 10
+    # Each batch (one job) takes 0.2 s: the heartbeat, every 0.05 s, renews its lease about four
+    # times (and that of the batch claimed ahead, if any).
+    out = egoqa(
+        "-vv", "work", "--until-done", "--batch-size", "1", "--lease", "1",
+        env={"EGOQA_FAKE_DELAY_S": "0.2", "EGOQA_HEARTBEAT_S": "0.05"},
     )  # fmt: skip
     assert f"{plan['jobs_total']} done, 0 failed" in out.stderr
-    # every beat renews the batch that generates (and the one claimed ahead, if any)
-    assert len(re.findall(r"heartbeat: renewed [12] batch lease\(s\)", out.stderr)) >= 20
-    db = open_db(tmp_path / "egoqa.db")
+    renewals = re.findall(r"heartbeat: renewed [12] batch lease\(s\)", out.stderr)
+    assert len(renewals) >= 2 * plan["jobs_total"]  # several a batch
+    db = open_db(migrated_db_path)
     with db.read() as cur:
         assert cur.one("SELECT COUNT(*) FROM jobs WHERE state <> 'done'") == 0
         assert cur.one("SELECT COUNT(*) FROM workers") == 1
         assert cur.one("SELECT MAX(attempts) FROM jobs") == 1
 
 
-def test_a_database_used_by_many_threads_keeps_the_main_threads_connection(tmp_path):
-    db = open_db(tmp_path / "egoqa.db", create=True)
+def test_a_database_used_by_many_threads_keeps_the_main_threads_connection(migrated_db_path):
+    db = open_db(migrated_db_path)
     with db.write() as cur:
         cur.execute("SELECT 1")
 
@@ -235,16 +213,16 @@ def test_a_database_used_by_many_threads_keeps_the_main_threads_connection(tmp_p
 
 @pytest.mark.parametrize("name", ["a%41b.db", "50%.db", "what?.db", "x#1.db"])
 def test_a_database_path_opens_exactly_that_file(tmp_path, name):
-    cli = Cli(tmp_path / name, tmp_path)
-    cli("db", "upgrade")
+    InProcess(tmp_path / name, tmp_path)("db", "upgrade")
     assert [p.name for p in tmp_path.glob("*.db")] == [name]
 
 
-def test_a_preset_name_means_the_preset_even_beside_a_file_of_that_name(tmp_path, synth):
+def test_a_preset_name_means_the_preset_even_beside_a_file_of_that_name(
+    tmp_path, synth, migrated_db_path
+):
     (tmp_path / "baseline").write_text("this is not TOML {")
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    out = cli(*enqueue_args(synth, "baseline", "--set", "backend=fake", "--json"))
-    assert json.loads(out.stdout)["jobs_total"] > 0
+    egoqa = InProcess(migrated_db_path, tmp_path)  # run in tmp_path, beside the file
+    assert egoqa.json(*enqueue_args(synth, "baseline", "--set", "backend=fake"))["jobs_total"] > 0
 
 
 @pytest.mark.slow
@@ -253,12 +231,12 @@ def test_a_model_directory_given_relative_is_found_from_any_directory(tmp_path, 
     shutil.copytree(tiny_model, here / "models" / "tiny")
     elsewhere.mkdir()
     db = tmp_path / "egoqa.db"
-    Cli(db, here)(
+    InProcess(db, here)(
         *enqueue_args(synth, "demo", "--set", "model=models/tiny", "--set", "style=baseline",
                       "--set", "generation.do_sample=false"),
         "--limit", "1",
     )  # fmt: skip
-    out = Cli(db, elsewhere)("work", "--until-done", "--max-batches", "1", timeout=300)
+    out = InProcess(db, elsewhere)("work", "--until-done", "--max-batches", "1")
     assert "1 done, 0 failed" in out.stderr
     with open_db(db).read() as cur:
         (spec,) = [json.loads(r[0]) for r in cur.all("SELECT spec FROM jobs")]
@@ -269,16 +247,15 @@ def test_a_model_directory_given_relative_is_found_from_any_directory(tmp_path, 
 
 
 def test_a_stop_signal_during_the_claim_with_another_thread_alive_releases_the_batch(
-    tmp_path, synth, monkeypatch
+    tmp_path, synth, monkeypatch, migrated_db_path
 ):
     """The signal is sent while the claim is being made; another thread is alive, so the
     kernel may hand it to that thread, and Python runs the handler in the main thread anyway."""
     from egoqa.backends.fake import FakeBackend
     from egoqa.work.worker import Worker, WorkerOptions, resolve_engine
 
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
-    db = open_db(tmp_path / "egoqa.db")
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    db = open_db(migrated_db_path)
     idle = threading.Event()
     bystander = threading.Thread(target=idle.wait, daemon=True)
     bystander.start()
@@ -303,7 +280,7 @@ def test_a_stop_signal_during_the_claim_with_another_thread_alive_releases_the_b
     assert done_ == 0 and worker.signals.exit_code == 128 + signal.SIGTERM
 
 
-def test_a_stop_signal_handled_inside_a_finaliser_is_not_lost(tmp_path, synth):
+def test_a_stop_signal_handled_inside_a_finaliser_is_not_lost(tmp_path, synth, migrated_db_path):
     """Python runs a handler at any bytecode, a finaliser's included, where an exception it
     raised is printed and dropped: the stop must be noted, not raised, to survive there."""
     from egoqa.backends.fake import FakeBackend
@@ -321,10 +298,8 @@ def test_a_stop_signal_handled_inside_a_finaliser_is_not_lost(tmp_path, synth):
                 SignalledInFinaliser()  # dropped at once: its finaliser runs here
             return super().generate(requests)
 
-    InProcess(tmp_path / "egoqa.db", tmp_path)(
-        *enqueue_args(synth, "baseline", "--set", "backend=fake")
-    )
-    db = open_db(tmp_path / "egoqa.db")
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    db = open_db(migrated_db_path)
     worker = Worker(db, resolve_engine(db), Backend(), WorkerOptions(batch_size=2, until_done=True))
     stats = worker.run()
     assert worker.signals.exit_code == 128 + signal.SIGINT
@@ -338,9 +313,11 @@ def _until_a_batch_is_held(db_path):
     return db
 
 
-def test_worker_stopped_by_a_signal_exits_128_plus_the_signal_after_releasing(tmp_path, synth):
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+def test_worker_stopped_by_a_signal_exits_128_plus_the_signal_after_releasing(
+    tmp_path, synth, migrated_db_path
+):
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    cli = Cli(migrated_db_path, tmp_path)  # the worker: a process of its own, to signal
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc = cli.popen("work", env={"EGOQA_FAKE_DELAY_S": "30", **STACKS_ON_ABORT})
         db = _until_a_batch_is_held(tmp_path / "egoqa.db")
@@ -357,9 +334,11 @@ def _blocked_stop_signals() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(tmp_path, synth, sig):
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(
+    tmp_path, synth, sig, migrated_db_path
+):
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
+    cli = Cli(migrated_db_path, tmp_path)  # the worker: a process of its own, to signal
     env = {"EGOQA_FAKE_DELAY_S": "30", **STACKS_ON_ABORT}
     proc = cli.popen("work", env=env, preexec_fn=_blocked_stop_signals)
     db = _until_a_batch_is_held(tmp_path / "egoqa.db")
@@ -372,7 +351,9 @@ def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(tmp_path
 # --- 9. claims fit the device ---------------------------------------------------------------------
 
 
-def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(tmp_path, synth):
+def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(
+    tmp_path, synth, migrated_db_path
+):
     from egoqa.backends.fake import FakeBackend
     from egoqa.plan.jobs import media_key
     from egoqa.store import limits
@@ -382,9 +363,11 @@ def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(
         def free_memory_bytes(self) -> int:
             return 3 * 2**30
 
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "baseline", "--set", "backend=fake", "--set", "batch.per_sample_gb=1"))
-    db = open_db(tmp_path / "egoqa.db")
+    egoqa = InProcess(migrated_db_path, tmp_path)
+    egoqa(
+        *enqueue_args(synth, "baseline", "--set", "backend=fake", "--set", "batch.per_sample_gb=1")
+    )
+    db = open_db(migrated_db_path)
     served = resolve_engine(db)
     assert served.config.batch.max == 64
     worker = Worker(db, served, ThreeGigabytesFree(), WorkerOptions(max_batches=1))
@@ -401,7 +384,7 @@ def test_auto_batch_size_claims_what_the_worker_will_run_not_the_policy_maximum(
         assert cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == n_done + 1
 
 
-def test_a_failure_scores_only_the_items_it_touches(tmp_path, synth, monkeypatch):
+def test_a_failure_scores_only_the_items_it_touches(tmp_path, synth, monkeypatch, migrated_db_path):
     """Recording a failure scores the run items whose graded job failed with it, not the run."""
     from egoqa.answers import scoring
     from egoqa.backends.fake import FakeBackend
@@ -410,9 +393,8 @@ def test_a_failure_scores_only_the_items_it_touches(tmp_path, synth, monkeypatch
     calls: list[dict] = []
     real = scoring.score_items
     monkeypatch.setattr(scoring, "score_items", lambda db, **kw: calls.append(kw) or real(db, **kw))
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
-    cli(*enqueue_args(synth, "demo", "--set", "backend=fake"))
-    db = open_db(tmp_path / "egoqa.db")
+    InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "demo", "--set", "backend=fake"))
+    db = open_db(migrated_db_path)
     worker = Worker(db, resolve_engine(db), FakeBackend(), WorkerOptions(max_batches=1))
     claim_ = queue.claim(db, "t", worker.served.engine, 1, 60)
     worker.runner.recorder.fail(claim_, claim_.jobs[0].id, "video", "unreadable")

@@ -8,13 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+from inproc import InProcess
 
 from alembic import command
 from egoqa.store import graph, queue
 from egoqa.store.db import alembic_config, open_db, resolve_url
 
-from conftest import Cli, copy_db, enqueue_args
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from conftest import copy_db, enqueue_args
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 VIEWS = {"results", "turns", "failures"}
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -45,11 +46,17 @@ def test_migration_adds_the_views_and_leaves_the_schema_equal_to_the_models(db_p
 def worked_db(synth, tmp_path_factory) -> Path:
     """Two runs of one config (so they share every job), done by the fake backend; built once."""
     root = tmp_path_factory.mktemp("worked")
-    cli = Cli(root / "egoqa.db", root)
+    cli = InProcess(root / "egoqa.db", root)
     for run in ("a", "b"):
         cli(*enqueue_args(synth, "demo", "--set", "backend=fake", "--run", run))
     cli("work", "--until-done")
     return root / "egoqa.db"
+
+
+@pytest.fixture
+def cli(db_path, tmp_path) -> InProcess:
+    """`egoqa` in this process, on `db_path`."""
+    return InProcess(db_path, tmp_path)
 
 
 @pytest.fixture
@@ -89,7 +96,10 @@ def test_turns_lists_every_job_once_per_run_with_per_clip_jobs_once(cli, worked)
     assert cli.json("sql", "SELECT COUNT(*) AS n FROM failures")[0]["n"] == 0
 
 
-def test_a_failed_clip_counts_its_queries_as_misses_and_pending_ones_as_null(cli, synth, db_path):
+def test_a_failed_clip_counts_its_queries_as_misses_and_pending_ones_as_null(
+    cli, synth, migrated_db_path
+):
+    db_path = migrated_db_path
     cli(*enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "a"))
     db = open_db(db_path)
     engine = cli.json("sql", "SELECT DISTINCT engine FROM jobs")[0]["engine"]
@@ -134,17 +144,24 @@ def test_a_requeued_graded_job_does_not_show_its_old_scores(cli, worked, db_path
 
 
 @pytest.mark.postgres
-def test_views_read_the_same_on_postgresql_as_on_sqlite(cli, worked, synth, postgres_url):  # noqa: F811
+def test_views_read_the_same_on_postgresql_as_on_sqlite(
+    cli,
+    worked,
+    synth,
+    migrated_postgres_url,  # noqa: F811
+    tmp_path,
+):
     columns = (
         "clip_uid, annotation_uid, query_idx, state, response, segments, n_segments, correct, "
     )
     columns += "iou_top1, r1_03, r1_05, r5_03, r5_05, outcome, best_correct, best_iou_top1"
     select = f"SELECT {columns} FROM results WHERE run = 'a' ORDER BY clip_uid, annotation_uid, query_idx"
-    pg = ("--db", postgres_url)
-    cli(*pg, *enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "a"), db=False)
-    cli(*pg, "work", "--until-done", db=False)
-    pg_rows = cli.json(*pg, "sql", select, db=False)
-    turns = cli.json(*pg, "sql", "SELECT started_at, finished_at FROM turns", db=False)
+    pg = InProcess(migrated_postgres_url, tmp_path)
+    pg("db", "upgrade")  # the read-only role `sql` runs as, as a first enqueue would make it
+    pg(*enqueue_args(synth, "demo", "--set", "backend=fake", "--run", "a"))
+    pg("work", "--until-done")
+    pg_rows = pg.json("sql", select)
+    turns = pg.json("sql", "SELECT started_at, finished_at FROM turns")
     assert all(ISO_UTC.match(t["started_at"]) and ISO_UTC.match(t["finished_at"]) for t in turns)
     sqlite_rows = cli.json("sql", select)
     assert len(sqlite_rows) > 0 and sqlite_rows == pg_rows

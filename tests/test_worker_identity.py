@@ -17,33 +17,18 @@ import pytest
 
 from egoqa.store import queue
 from egoqa.store import workers as registry
-from egoqa.store.db import Database, open_db, resolve_url
+from egoqa.store.db import Database, open_db
 
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 ENGINE = "identity-engine"
 WORKER = "host:1234:abcdef"
 
 
-@pytest.fixture(params=BACKENDS)
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return resolve_url(tmp_path / "egoqa.db")
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
-def db(url):
-    handle = open_db(url, create=True)
-    yield handle
-    handle.dispose()
-
-
-@pytest.fixture
-def other(url, db):
+def other(db):
     """A second connection to the same database: the worker's side of an interleaving."""
-    handle = open_db(url)
+    handle = open_db(db.url)
     yield handle
     handle.dispose()
 
@@ -133,11 +118,11 @@ def test_a_heartbeat_after_the_releaser_looked_keeps_the_worker_alive(db, other,
 
 
 @pytest.mark.postgres
-def test_a_heartbeat_in_flight_holds_the_release_until_it_commits(postgres_url):  # noqa: F811
+def test_a_heartbeat_in_flight_holds_the_release_until_it_commits(migrated_postgres_url):  # noqa: F811
     """PostgreSQL: the worker's beat is written but not committed when the releasing statement
     runs; that statement waits on the worker's row, then finds the heartbeat fresh. (SQLite
     runs one write transaction at a time: there the stepped test above is the interleaving.)"""
-    db, worker, watcher = (open_db(postgres_url, create=True) for _ in range(3))
+    db, worker, watcher = (open_db(migrated_postgres_url) for _ in range(3))
     try:
         job_id = held_job(db, lease_s=30.0)
         with db.write() as cur:

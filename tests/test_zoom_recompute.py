@@ -22,19 +22,8 @@ from egoqa.plan.styles import load_style
 from egoqa.store import graph
 from egoqa.store.db import open_db
 
-from pg import postgres_server, postgres_url  # noqa: F401 -- fixtures
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request, tmp_path):
-    url = str(tmp_path / "egoqa.db")
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    handle = open_db(url, create=True)
-    yield handle
-    handle.dispose()
+from conftest import copy_db
+from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,55 @@ def cut_data(tmp_path_factory):
         duration_sec=90.0,
         cuts_per_clip=3,
         seed=4,
+        fps=5,
+        size=(160, 120),
     )
+
+
+@pytest.fixture(scope="module")
+def worked_sources() -> dict[str, str]:
+    """Per backend, the database `worked_db` copies, made by its first test (on PostgreSQL it
+    stays until the session's server stops, like the migrated template)."""
+    return {}
+
+
+@pytest.fixture
+def worked_db(store_backend, worked_sources, cut_data, request, tmp_path):
+    """A fresh database holding the zoom run `z` (coarse_cot_shots) enqueued and worked to its
+    end: the run is made once per backend, and each test gets a copy of it."""
+    if store_backend not in worked_sources:
+        worked_sources[store_backend] = _work_a_zoom_run(store_backend, cut_data, request)
+    source = worked_sources[store_backend]
+    if store_backend == "sqlite":
+        copy_db(source, tmp_path / "egoqa.db")
+        handle = open_db(tmp_path / "egoqa.db")
+        yield handle
+        handle.dispose()
+        return
+    server = request.getfixturevalue("postgres_server")
+    name, url = server.create_database(template=source)
+    handle = open_db(url)
+    yield handle
+    handle.dispose()
+    server.drop_database(name)
+
+
+def _work_a_zoom_run(backend: str, data, request) -> str:
+    """The path (SQLite) or name (PostgreSQL) of a new database with the run `z` worked."""
+    if backend == "sqlite":
+        path = request.getfixturevalue("tmp_path_factory").mktemp("zoom") / "worked.db"
+        copy_db(request.getfixturevalue("migrated_template"), path)
+        target, source = str(path), str(path)
+    else:
+        server = request.getfixturevalue("postgres_server")
+        source, target = server.create_database(template=server.migrated_template())
+    db = open_db(target)
+    try:
+        _enqueue(db, data)
+        _work(db)
+    finally:
+        db.dispose()  # a database is copied only while no one is connected to it
+    return source
 
 
 # --- 4. what waits on a recomputed job waits again ----------------------------------------------
@@ -118,9 +155,10 @@ def _final_windows(db) -> dict[int, list[float]]:
     return {q: jobs[c["answer"]]["spec"]["media"]["window"] for q, c in _chains(db, "z").items()}
 
 
-def test_a_recomputed_zoom_answers_from_the_windows_its_new_levels_chose(db, cut_data, monkeypatch):
-    _enqueue(db, cut_data)
-    _work(db)
+def test_a_recomputed_zoom_answers_from_the_windows_its_new_levels_chose(
+    worked_db, cut_data, monkeypatch
+):
+    db = worked_db  # the run `z`, enqueued and worked
     before = _final_windows(db)
     assert len(before) == 4
 
@@ -170,13 +208,12 @@ def test_zoom_styles_enqueue_and_work_on_both_backends(db, cut_data):
 # --- 12. a level no run shows any more plans nothing below it -----------------------------------
 
 
-def test_a_finished_level_that_no_run_shows_any_more_plans_no_next_level(db, cut_data):
+def test_a_finished_level_that_no_run_shows_any_more_plans_no_next_level(worked_db):
     """A level that finishes after the run's items left it (a recompute while it ran) is
     history: nothing is planned below it."""
     from egoqa.plan.zoom import settle
 
-    _enqueue(db, cut_data)
-    _work(db)
+    db = worked_db  # the run `z`, enqueued and worked
     jobs = _jobs(db)
     level0 = next(i for i, j in jobs.items() if j["spec"].get("zoom", {}).get("depth") == 0)
     note = jobs[level0]["note"] | {"final": False, "chosen": [1.0, 30.0]}  # a window never taken
@@ -190,12 +227,11 @@ def test_a_finished_level_that_no_run_shows_any_more_plans_no_next_level(db, cut
 # --- 5. a score lands only on the item of the job it was computed from ----------------------------
 
 
-def test_a_score_is_not_written_to_an_item_re_pointed_since_it_was_read(db, cut_data, monkeypatch):
+def test_a_score_is_not_written_to_an_item_re_pointed_since_it_was_read(worked_db, monkeypatch):
     import egoqa.answers.scoring as scoring
     from egoqa.store.catalog import CLEAR_SCORES
 
-    _enqueue(db, cut_data)
-    _work(db)
+    db = worked_db  # the run `z`, enqueued and worked
     with db.read() as cur:
         (item, graded), (_, other) = cur.all(
             "SELECT id, graded_job_id FROM run_items ORDER BY id LIMIT 2"

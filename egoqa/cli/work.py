@@ -69,6 +69,9 @@ def work(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run workers: claim batches, generate, write back. Resumable; Ctrl-C releases held jobs."""
+    from egoqa.work import waits
+
+    waits.check()  # $EGOQA_*_S settings: a bad one stops here, not in every worker
     if model is not None and model.startswith("prior:"):
         raise EgoqaError(f"{model} is a prior baseline, computed at enqueue: it needs no worker")
     if gpus is not None and not single:

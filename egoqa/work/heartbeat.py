@@ -1,6 +1,7 @@
 """One heartbeat thread per worker: renews the lease of every batch the worker holds (the one it
-runs and the one it claimed ahead), every third of the lease, and marks the worker alive in the
-registry, for as long as the worker lives. What it holds is what the worker releases on a stop."""
+runs and the one it claimed ahead), every third of the lease (or more often: `egoqa.work.waits`), and
+marks the worker alive in the registry, for as long as the worker lives. What it holds is what
+the worker releases on a stop."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from egoqa.errors import EgoqaError
 from egoqa.store import queue
 from egoqa.store import workers as registry
 from egoqa.store.db import Database
+from egoqa.work import waits
 from egoqa.work.stopping import orphaned
 
 log = logging.getLogger("egoqa.work.worker")
@@ -22,6 +24,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, db: Database, worker_id: str, lease_s: float) -> None:
         super().__init__(daemon=True, name="egoqa-heartbeat")
         self.db, self.worker_id, self.lease_s = db, worker_id, lease_s
+        self.period_s = min(lease_s / 3, waits.heartbeat_s())
         self.renewals = 0  # leases renewed so far (one per batch per beat)
         self._held: dict[str, tuple[queue.Claim, list[int]]] = {}
         self._lock = threading.Lock()
@@ -43,7 +46,7 @@ class Heartbeat(threading.Thread):
             return list(self._held.values())
 
     def run(self) -> None:
-        while not self._stop_event.wait(min(self.lease_s / 3, 5.0)):
+        while not self._stop_event.wait(self.period_s):
             if orphaned():  # the supervisor died: stop like on SIGTERM (release, exit)
                 log.warning("the supervising `egoqa work` is gone: stopping")
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from egoqa.errors import ConfigError
+from egoqa.work import waits
 from egoqa.work.stopping import unblock_stop_signals
 
 log = logging.getLogger("egoqa.work.supervisor")
@@ -74,7 +75,7 @@ class Supervisor:
     slots: list[Slot]
     env: dict[str, str] = field(default_factory=dict)  # for every worker (the database URL)
     on_tick: Callable[[], None] | None = None
-    tick_s: float = 1.0
+    tick_s: float = field(default_factory=waits.supervisor_tick_s)  # $EGOQA_SUPERVISOR_TICK_S
     stopping: bool = False
     stop_signal: int | None = None  # what stopped us (the CLI exits 128 + it)
     log_lines: list[str] = field(default_factory=list)

@@ -30,6 +30,7 @@ from egoqa.store.work import (
     engines_starting,
     pending_engines,
 )
+from egoqa.work import waits
 from egoqa.work.batchrun import Batch, BatchRunner, Sizer
 from egoqa.work.claimahead import ClaimAhead
 from egoqa.work.heartbeat import Heartbeat
@@ -55,8 +56,9 @@ class WorkerOptions:
     device: str = "auto"
     until_done: bool = False
     lease_s: float | None = None
-    idle_max_s: float = 2.0
-    reap_every_s: float = 5.0
+    idle_max_s: float = field(default_factory=waits.idle_max_s)  # $EGOQA_IDLE_MAX_S, else 2 s
+    reap_every_s: float = field(default_factory=waits.reap_s)  # $EGOQA_REAP_S, else 5 s
+    wait_note_s: float = field(default_factory=waits.wait_note_s)  # $EGOQA_WAIT_NOTE_S, else 5 s
     max_batches: int | None = None
     frame_cache_items: int = 32
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
@@ -253,10 +255,13 @@ class Worker:
     def _claim(self) -> queue.Claim:
         return queue.claim(self.db, self.id, self.served.engine, self.sizer.for_spec, self.lease_s)
 
-    def _say_what_we_wait_for(self, after_s: float = 5.0, every_s: float = 30.0) -> None:
+    def _say_what_we_wait_for(self, every_s: float = 30.0) -> None:
         """Idle a while as other workers hold jobs: say whose, how many and until when."""
         now = time.monotonic()
-        if now - (self._idle_since or now) < after_s or now - self._last_wait_note < every_s:
+        if (
+            now - (self._idle_since or now) < self.opts.wait_note_s
+            or now - self._last_wait_note < every_s
+        ):
             return
         self._last_wait_note = time.monotonic()
         held = [h for h in registry.held_jobs(self.db) if h[0] != self.id]
