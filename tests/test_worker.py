@@ -34,6 +34,17 @@ def run(db_path, tmp_path) -> InProcess:
     return InProcess(db_path, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def demo_db(small, tiny_model, tmp_path_factory):
+    """The `demo` preset's multi-turn style run to the end once on `small`, for the tests that
+    only read what it wrote."""
+    tmp = tmp_path_factory.mktemp("demo-run")
+    run = InProcess(tmp / "egoqa.db", tmp)
+    enqueue(run, small, tiny_model)
+    run("work", "--until-done")
+    return tmp / "egoqa.db"
+
+
 def enqueue(cli, data, tiny_model, *extra, config="demo"):
     return cli(*enqueue_args(data, config, "--set", f"model={json.dumps(str(tiny_model))}", *extra))
 
@@ -63,12 +74,8 @@ def results_per_job(db_path) -> dict[int, int]:
         return dict(cur.all("SELECT job_id, COUNT(*) FROM job_results GROUP BY job_id"))
 
 
-def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(
-    run, small, tiny_model, db_path
-):
-    enqueue(run, small, tiny_model)
-    run("work", "--until-done")
-    rows = jobs(db_path)
+def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(demo_db):
+    rows = jobs(demo_db)
     assert rows and all(
         r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows
     )
@@ -95,13 +102,11 @@ def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(
     assert all(r["response"] in json.loads(r["responses"]) for r in seg)
 
 
-def test_per_clip_turns_run_once_per_clip(run, small, tiny_model, db_path):
-    enqueue(run, small, tiny_model)
-    run("work", "--until-done")
-    rows = jobs(db_path)
+def test_per_clip_turns_run_once_per_clip(demo_db):
+    rows = jobs(demo_db)
     per_clip = [r for r in rows if r["turn_name"] in ("scenario", "transitions")]
     assert len(per_clip) == 2 * 2
-    counts = results_per_job(db_path)
+    counts = results_per_job(demo_db)
     assert all(r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows)
     # each job computed once: one result for a done job, none for one that failed
     assert all(counts.get(r["id"], 0) == (r["state"] == "done") for r in rows)
@@ -227,16 +232,16 @@ def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(
-    cli, small, tiny_model, db_path
+    cli, run, small, tiny_model, db_path
 ):
-    enqueue(cli, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=2")
-    victim = cli.popen("work", "--until-done", "--lease", "3")
+    enqueue(run, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=2")
+    victim = cli.popen("work", "--until-done", "--lease", "3")  # the one process: it is killed
     db = open_db(db_path)
     wait_until(lambda: running_jobs(db), 120, "the victim to hold a batch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert running_jobs(db) >= 1  # it died holding leases
-    InProcess(db_path, cli.cwd)("work", "--until-done", "--lease", "3")
+    run("work", "--until-done", "--lease", "3")
     rows = jobs(db_path)
     assert all_ended(rows)
     assert all(n == 1 for n in results_per_job(db_path).values())
