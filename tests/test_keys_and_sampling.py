@@ -226,7 +226,9 @@ def test_sampled_answers_do_not_depend_on_batch_size_an_out_of_memory_split_or_c
     tmp_path, tiny_model, monkeypatch
 ):
     """The real worker path, in process, on the sampling `demo` preset (5-sample turns); with
-    batches of 2, the next batch is claimed and prepared while one generates."""
+    batches of 2, the next batch is claimed and prepared while one generates. (Answers of 12
+    tokens, not the preset's 24: every token drawn is compared all the same, and decode steps
+    are most of the time.)"""
     from egoqa.config import load_config
     from egoqa.dataset import load_nlq
     from egoqa.plan import enqueue_run
@@ -234,7 +236,9 @@ def test_sampled_answers_do_not_depend_on_batch_size_an_out_of_memory_split_or_c
     from egoqa.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
     data = write_synth_dataset(tmp_path / "d", clips=2, queries_per_clip=2, duration_sec=8.0)
-    config = load_config("demo", [f"model={json.dumps(str(tiny_model))}"])
+    config = load_config(
+        "demo", [f"model={json.dumps(str(tiny_model))}", "generation.max_new_tokens=12"]
+    )
     assert config.generation.do_sample
     backend = None
     answers = {}
@@ -267,7 +271,13 @@ def test_workers_killed_mid_run_give_the_same_sampled_answers_as_an_uninterrupte
     tmp_path, tiny_model
 ):
     data = write_synth_dataset(tmp_path / "d", clips=3, queries_per_clip=2, duration_sec=8.0)
-    model = ("--set", f"model={json.dumps(str(tiny_model))}")
+    # answers of 12 tokens, not the demo preset's 24: each is compared whole all the same
+    model = (
+        "--set",
+        f"model={json.dumps(str(tiny_model))}",
+        "--set",
+        "generation.max_new_tokens=12",
+    )
     calm = InProcess(tmp_path / "calm.db", tmp_path)
     calm(*enqueue_args(data, "demo", *model))
     calm("work", "--until-done")
