@@ -20,7 +20,8 @@ sets the jobs ask for (computed here from the stored jobs) — the target — an
 pipeline without sharing would decode (one per job that shows frames, per query).
 
 Reproduce: `.venv/bin/python bench/decoding.py` (renders the clip once into `bench/.cache/`,
-about a minute; then 1-2 minutes on 2 cores); `--quick` uses a 1-minute clip and one repeat.
+about a minute; then 1-2 minutes on 2 cores); `--quick` uses a 20 s clip for both parts and one
+repeat (a smoke run).
 """
 
 from __future__ import annotations
@@ -231,11 +232,11 @@ def part2(path: Path, duration: float, style_name: str, queries: int = 10) -> di
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 1-minute clip, one repeat")
+    parser.add_argument("--quick", action="store_true", help="a 20 s clip, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     print(banner("decoding", argv), flush=True)
-    duration, repeats = (60.0, 1) if args.quick else (480.0, args.repeats)
+    duration, repeats = (20.0, 1) if args.quick else (480.0, args.repeats)
     path = clip(duration)
     rows, n = part1(path, duration, repeats)
     print()
@@ -248,10 +249,13 @@ def main(argv: list[str]) -> int:
         )
     )
     print()
-    counts = {name: part2(clip(60.0), 60.0, name) for name in ("frame_labeling", "stage_analysis")}
+    shared = duration if args.quick else 60.0  # part 2's clip
+    counts = {
+        name: part2(clip(shared), shared, name) for name in ("frame_labeling", "stage_analysis")
+    }
     print(
         table(
-            "Decodes per clip: 10 queries on one 60 s clip, dense preset (1 fps, 112 px)",
+            f"Decodes per clip: 10 queries on one {shared:g} s clip, dense preset (1 fps, 112 px)",
             ["", *counts],
             [[row, *(c[row] for c in counts.values())] for row in next(iter(counts.values()))],
         )

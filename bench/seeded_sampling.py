@@ -60,8 +60,8 @@ def logits_step(batch: int, repeats: int) -> tuple[float, float]:
     return _best(theirs, repeats), _best(ours, repeats)
 
 
-def generate_calls(batch: int, repeats: int) -> tuple[float, float]:
-    """Seconds per tiny-model `generate` of the same encoded batch, 32 new tokens."""
+def generate_calls(batch: int, repeats: int, new_tokens: int) -> tuple[float, float]:
+    """Seconds per tiny-model `generate` of the same encoded batch of `new_tokens` new tokens."""
     import copy
 
     import torch
@@ -73,7 +73,7 @@ def generate_calls(batch: int, repeats: int) -> tuple[float, float]:
     from egoqa.plan.config import GenerationConfig
 
     backend = TransformersBackend(str(build_tiny_model(CACHE / "tiny-qwen2.5-vl")), device="cpu")
-    settings = GenerationConfig(max_new_tokens=32, do_sample=True)
+    settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=True)
     prompts = [f"Where did I put the cup number {i}? Describe the stages." for i in range(batch)]
     requests = [Request(i, p, generation=settings, seed=i) for i, p in enumerate(prompts)]
     (rows,) = _group_rows(requests, backend.min_pixels, backend.max_pixels).values()
@@ -98,12 +98,14 @@ def generate_calls(batch: int, repeats: int) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer repeats (the smoke test).")
+    parser.add_argument(
+        "--quick", action="store_true", help="Fewer repeats, 8 new tokens (the smoke test)."
+    )
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
-    repeats = 3 if args.quick else 20
+    repeats, new_tokens = (3, 8) if args.quick else (20, 32)
     print(banner("seeded_sampling", argv), flush=True)
     rows = []
     for batch in (1, 8) if args.quick else (1, 8, 32):
@@ -113,10 +115,10 @@ def main(argv: list[str]) -> None:
                 "egoqa seeded", "ratio"], rows))  # fmt: skip
     rows = []
     for batch in (1, 8):
-        theirs, ours = generate_calls(batch, max(2, repeats // 4))
+        theirs, ours = generate_calls(batch, max(2, repeats // 4), new_tokens)
         rows.append((batch, f"{theirs:.3f}", f"{ours:.3f}", f"{ours / theirs:.2f}x"))
-    print(table("Tiny model generate, 32 new tokens (CPU), seconds", ["batch", "transformers",
-                "egoqa seeded", "ratio"], rows))  # fmt: skip
+    title = f"Tiny model generate, {new_tokens} new tokens (CPU), seconds"
+    print(table(title, ["batch", "transformers", "egoqa seeded", "ratio"], rows))
     print(f"(median of ratios: {statistics.median(float(r[3][:-1]) for r in rows):.2f}x)")
 
 

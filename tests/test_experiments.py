@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+from inproc import InProcess
 
 from egoqa.dev.synth import write_synth_dataset
 from egoqa.report import original
@@ -17,6 +18,12 @@ from egoqa.store.db import open_db
 from conftest import enqueue_args
 
 FAKE = ("--set", "backend=fake", "--set", 'model="fake"')
+
+
+@pytest.fixture
+def cli(db_path, tmp_path) -> InProcess:
+    """The real command in this process: no test here needs a process of its own."""
+    return InProcess(db_path, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from inproc import InProcess
 
 from egoqa.dev.synth import write_synth_dataset
 from egoqa.errors import ConfigError, StyleError
@@ -17,7 +18,7 @@ from egoqa.plan.styles import load_style, parse_style
 from egoqa.store import queue
 from egoqa.store.db import open_db
 
-from conftest import Cli, enqueue_args
+from conftest import enqueue_args
 
 STYLE = """
 name = "find_then_answer"
@@ -141,7 +142,7 @@ def _check_calls(answer: dict) -> None:
 
 def test_a_per_segment_answer_runs_one_call_per_segment_through_the_cli(tmp_path, data):
     style = _style(tmp_path)
-    cli = Cli(tmp_path / "egoqa.db", tmp_path)
+    cli = InProcess(tmp_path / "egoqa.db", tmp_path)
     cli(*enqueue_args(data, "baseline", "--set", "backend=fake", "--set",
                       f"style={json.dumps(str(style))}"))  # fmt: skip
     db = open_db(tmp_path / "egoqa.db")

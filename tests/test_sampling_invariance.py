@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from egoqa.plan.config import GenerationConfig
 
-from egoqa.backends.token_sampling import SeededSampling  # noqa: E402
-from egoqa.plan.config import GenerationConfig  # noqa: E402
-
-from fixtures_model import CLIP_SEC, clip_frames  # noqa: E402
+from fixtures_model import clip_24s, clip_frames  # noqa: F401
 
 PROMPTS = [
     "Where is the bag?",
@@ -28,7 +25,13 @@ PROMPTS = [
 ]
 
 
-def test_a_token_entering_the_top_k_leaves_every_other_candidates_draw_alone():
+@pytest.fixture(scope="module")
+def torch():
+    """torch, imported when a test runs (collecting this module stays light)."""
+    return pytest.importorskip("torch")
+
+
+def test_a_token_entering_the_top_k_leaves_every_other_candidates_draw_alone(torch):
     """Two logit rows that differ only in which of two tail tokens is the 50th candidate: every
     draw that picks neither of them picks the same token from both rows."""
     settings = GenerationConfig(do_sample=True, temperature=1.0, top_k=50, top_p=1.0)
@@ -49,11 +52,15 @@ def test_a_token_entering_the_top_k_leaves_every_other_candidates_draw_alone():
 
 
 def _picks(settings, logits, seeds) -> list[int]:
+    import torch
+
+    from egoqa.backends.token_sampling import SeededSampling
+
     out = SeededSampling(seeds, settings, "cpu")(None, logits.repeat(len(seeds), 1))
     return torch.argmax(out, dim=-1).tolist()
 
 
-def test_a_candidates_noise_depends_on_seed_step_and_token_only():
+def test_a_candidates_noise_depends_on_seed_step_and_token_only(torch):
     from egoqa.backends.token_sampling import gumbel
 
     lo, hi = torch.tensor([[5], [5], [6]]), torch.tensor([[1], [1], [1]])
@@ -75,7 +82,9 @@ class _Recorder:
         self.runs.append({})
 
     def factory(self, seeds, settings, device):
-        from egoqa.backends.token_sampling import candidates, gumbel
+        import torch
+
+        from egoqa.backends.token_sampling import SeededSampling, candidates, gumbel
 
         inner = SeededSampling(seeds, settings, device)
         log = self.runs[-1]
@@ -99,7 +108,10 @@ class _Recorder:
 @pytest.mark.model
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_a_sampled_answer_changes_with_its_batch_only_where_two_candidates_nearly_tie(
-    tiny_model, dtype, monkeypatch
+    tiny_model,
+    clip_24s,  # noqa: F811
+    dtype,
+    monkeypatch,
 ):
     """The same requests alone, in one batch and reversed. float32: the same texts every way.
     bfloat16 (a batch moves logits by a few 1e-3): every candidate's perturbed score moves only
@@ -107,11 +119,9 @@ def test_a_sampled_answer_changes_with_its_batch_only_where_two_candidates_nearl
     nearly tie, or where a pick sits on the top-k / top-p boundary that the change moved."""
     import egoqa.backends.transformers as tb
     from egoqa.backends.base import Request
-    from egoqa.dev.synth import render_clip
     from egoqa.plan.config import SamplerConfig
 
-    clip = render_clip(tiny_model.parent / f"inv-{dtype}.mp4", CLIP_SEC, fps=10)
-    frames = clip_frames(clip, SamplerConfig(frames=4, max_edge=112))
+    frames = clip_frames(clip_24s, SamplerConfig(frames=4, max_edge=112))
     backend = tb.TransformersBackend(str(tiny_model), device="cpu", dtype=dtype)
     recorder = _Recorder()
     monkeypatch.setattr(tb, "SeededSampling", recorder.factory)

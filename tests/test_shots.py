@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from inproc import InProcess
 
 from egoqa.dev.synth import render_clip, write_synth_dataset
 from egoqa.media.shots import (
@@ -155,9 +156,8 @@ def test_a_window_outside_the_clip_is_refused_with_its_reason(cut_clip, db_path)
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_a_shots_run_shows_one_stamped_keyframe_per_detected_shot(
-    cli, tiny_model, db_path, tmp_path
-):
+def test_a_shots_run_shows_one_stamped_keyframe_per_detected_shot(tiny_model, db_path, tmp_path):
+    cli = InProcess(db_path, tmp_path)
     data = write_synth_dataset(
         tmp_path / "data", clips=1, queries_per_clip=2, duration_sec=12.0, cuts_per_clip=2
     )
@@ -186,8 +186,6 @@ def _t(seconds: float) -> str:
 
 def test_synth_dataset_cuts_renders_clips_the_shots_sampler_can_split(tmp_path):
     """`egoqa dev synth-dataset --cuts N`: every clip has N hard cuts a detector finds."""
-    from inproc import InProcess
-
     InProcess(None, tmp_path)("dev", "synth-dataset", "d", "--clips", "2", "--cuts", "2")
     ann = json.loads((tmp_path / "d" / "annotations" / "nlq_val.json").read_text())
     clips = [c["clip_uid"] for v in ann["videos"] for c in v["clips"]]

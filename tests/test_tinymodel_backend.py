@@ -104,8 +104,13 @@ def test_batched_generation_equals_row_by_row(tiny_backend, uniform_frames, dens
 
 
 def test_second_per_grid_ts_follows_the_sampling_rate(tiny_backend, uniform_frames, dense_frames):  # noqa: F811
+    # two settings in one call (the default would let random weights write 512 tokens)
+    other = GenerationConfig(max_new_tokens=4, do_sample=False)
     uniform, dense = tiny_backend.generate(
-        [Request(1, "q", uniform_frames, generation=GREEDY), Request(2, "q", dense_frames)]
+        [
+            Request(1, "q", uniform_frames, generation=GREEDY),
+            Request(2, "q", dense_frames, generation=other),
+        ]
     )
     assert uniform_frames.fps == pytest.approx(1 / 3)
     assert uniform.extra["second_per_grid_ts"] == pytest.approx(6.0)

@@ -1,4 +1,5 @@
-"""The real inference path: tiny Qwen2.5-VL, real mp4s, real worker processes, real SQLite."""
+"""The real inference path: tiny Qwen2.5-VL, real mp4s, the real `egoqa work` (in this process,
+or a process of its own where one is killed), real SQLite."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from helpers import running_jobs, wait_until
 
 pytestmark = pytest.mark.model
 
+# Answers of 12 tokens, not the demo preset's 24: what the tests compare and count is the same,
+# and decode steps are most of a run's time.
+SHORT = ("--set", "generation.max_new_tokens=12")
+
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
@@ -34,8 +39,20 @@ def run(db_path, tmp_path) -> InProcess:
     return InProcess(db_path, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def demo_db(small, tiny_model, tmp_path_factory):
+    """The `demo` preset's multi-turn style run to the end once on `small`, for the tests that
+    only read what it wrote."""
+    tmp = tmp_path_factory.mktemp("demo-run")
+    run = InProcess(tmp / "egoqa.db", tmp)
+    enqueue(run, small, tiny_model)
+    run("work", "--until-done")
+    return tmp / "egoqa.db"
+
+
 def enqueue(cli, data, tiny_model, *extra, config="demo"):
-    return cli(*enqueue_args(data, config, "--set", f"model={json.dumps(str(tiny_model))}", *extra))
+    model = ("--set", f"model={json.dumps(str(tiny_model))}")
+    return cli(*enqueue_args(data, config, *model, *SHORT, *extra))
 
 
 def all_ended(rows: list[dict]) -> bool:
@@ -63,12 +80,8 @@ def results_per_job(db_path) -> dict[int, int]:
         return dict(cur.all("SELECT job_id, COUNT(*) FROM job_results GROUP BY job_id"))
 
 
-def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(
-    run, small, tiny_model, db_path
-):
-    enqueue(run, small, tiny_model)
-    run("work", "--until-done")
-    rows = jobs(db_path)
+def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(demo_db):
+    rows = jobs(demo_db)
     assert rows and all(
         r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows
     )
@@ -95,13 +108,11 @@ def test_multi_turn_style_runs_end_to_end_and_each_prompt_embeds_what_it_reads(
     assert all(r["response"] in json.loads(r["responses"]) for r in seg)
 
 
-def test_per_clip_turns_run_once_per_clip(run, small, tiny_model, db_path):
-    enqueue(run, small, tiny_model)
-    run("work", "--until-done")
-    rows = jobs(db_path)
+def test_per_clip_turns_run_once_per_clip(demo_db):
+    rows = jobs(demo_db)
     per_clip = [r for r in rows if r["turn_name"] in ("scenario", "transitions")]
     assert len(per_clip) == 2 * 2
-    counts = results_per_job(db_path)
+    counts = results_per_job(demo_db)
     assert all(r["state"] == "done" or r["error_kind"] in RANDOM_WEIGHT_FAILURES for r in rows)
     # each job computed once: one result for a done job, none for one that failed
     assert all(counts.get(r["id"], 0) == (r["state"] == "done") for r in rows)
@@ -138,7 +149,7 @@ template = "{again} Q: {query} Frames at {timestamps}."
     db = open_db(db_path, create=True)
     overrides = [f"model={json.dumps(str(tiny_model))}", f"style={json.dumps(str(style))}"]
     # greedy: every turn gives the same (non-empty) answer in every session, so all ten are done
-    cfg = load_config("demo", [*overrides, "generation.do_sample=false"])
+    cfg = load_config("demo", [*overrides, "generation.do_sample=false", SHORT[1]])
     ds = load_nlq(small.annotations, small.videos)
     enqueue_run(db, ds, cfg, load_style(str(style)), "three")
     served = resolve_engine(db)
@@ -166,6 +177,7 @@ def test_batched_generation_equals_one_request_at_a_time(small, tiny_model, tmp_
                 "generation.do_sample=false",
                 "--set",
                 "style=frame_labeling",
+                *SHORT,
             )
         )
         c("work", "--until-done", "--batch-size", size)
@@ -227,16 +239,16 @@ def test_a_job_that_runs_out_of_memory_alone_fails_with_oom_and_the_run_goes_on(
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_batch_leaves_jobs_another_worker_completes(
-    cli, small, tiny_model, db_path
+    cli, run, small, tiny_model, db_path
 ):
-    enqueue(cli, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=2")
-    victim = cli.popen("work", "--until-done", "--lease", "3")
+    enqueue(run, small, tiny_model, "--set", "style=baseline", "--set", "batch.size=2")
+    victim = cli.popen("work", "--until-done", "--lease", "3")  # the one process: it is killed
     db = open_db(db_path)
     wait_until(lambda: running_jobs(db), 120, "the victim to hold a batch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert running_jobs(db) >= 1  # it died holding leases
-    InProcess(db_path, cli.cwd)("work", "--until-done", "--lease", "3")
+    run("work", "--until-done", "--lease", "3")
     rows = jobs(db_path)
     assert all_ended(rows)
     assert all(n == 1 for n in results_per_job(db_path).values())
