@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -327,10 +329,15 @@ def test_worker_stopped_by_a_signal_exits_128_plus_the_signal_after_releasing(
         assert running_jobs(db) == 0
 
 
-def _blocked_stop_signals() -> None:
-    """What a child inherits from a parent thread that blocked SIGINT and SIGTERM (the mask
-    survives exec): such a worker would never see a stop unless it unblocks them itself."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+# What a child inherits from a parent thread that blocked SIGINT and SIGTERM (the mask survives
+# exec): such a worker would never see a stop unless it unblocks them itself. The mask is set in
+# the child's own interpreter, which then execs the worker (no `preexec_fn`, which is unsafe in a
+# parent with threads).
+_EXEC_WITH_STOP_SIGNALS_BLOCKED = (
+    "import os, signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'egoqa', *sys.argv[1:]])\n"
+)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -340,7 +347,14 @@ def test_a_worker_started_with_stop_signals_blocked_still_stops_on_them(
     InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
     cli = Cli(migrated_db_path, tmp_path)  # the worker: a process of its own, to signal
     env = {"EGOQA_FAKE_DELAY_S": "30", **STACKS_ON_ABORT}
-    proc = cli.popen("work", env=env, preexec_fn=_blocked_stop_signals)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EXEC_WITH_STOP_SIGNALS_BLOCKED, "--db", cli.db, "work"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db = _until_a_batch_is_held(tmp_path / "egoqa.db")
     proc.send_signal(sig)
     _, err = communicate_or_dump(proc, 60)
