@@ -57,3 +57,16 @@ def communicate_or_dump(proc: subprocess.Popen, timeout: float = 60.0) -> tuple[
         raise AssertionError(
             f"pid {proc.pid} did not exit within {timeout:.0f} s; its threads:\n{err}"
         ) from None
+
+
+def error_line(p: subprocess.CompletedProcess, *needles: str, only: bool = True) -> str:
+    """The command failed with exit 1 and exactly one `error:` line holding every needle."""
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, p.stderr
+    if only:
+        assert p.stderr.strip() == errors[0], p.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]

@@ -35,6 +35,7 @@ from egoqa.plan.styles import style_names
 from egoqa.store.db import head_revision
 
 from conftest import Cli, copy_db
+from helpers import error_line
 
 FAKE = ("--set", "backend=fake")
 FUTURE_REVISION = "ffffffffffff"
@@ -168,19 +169,6 @@ def video_of(db_path: Path, clip_id: int) -> Path:
 
 
 # --- what the user sees -----------------------------------------------------------------------
-
-
-def error_line(p: subprocess.CompletedProcess, *needles: str, only: bool = True) -> str:
-    """The command failed with exit 1 and exactly one `error:` line holding every needle."""
-    assert "Traceback" not in p.stderr, p.stderr
-    assert p.returncode == 1, (p.returncode, p.stderr)
-    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, p.stderr
-    if only:
-        assert p.stderr.strip() == errors[0], p.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def succeeded(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

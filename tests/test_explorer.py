@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from chromium import browser, open_page  # noqa: F401 -- `browser` is a fixture
 from inproc import InProcess
 
 from egoqa.answers.metrics import parse_segments, union_length
@@ -32,7 +33,6 @@ from egoqa.store.db import open_db
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_SEC, FPS = 24.0, 10  # the synthetic clips written below
 UNPARSEABLE = "I cannot tell from these frames."
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _load(path: Path, call: str):
@@ -216,39 +216,6 @@ def test_an_index_html_egoqa_did_not_write_is_never_replaced(explored, tmp_path)
 
 # --- in a real browser --------------------------------------------------------------------------
 
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("no Chromium at /usr/bin/chromium: apt-get install chromium (.ci/run does)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright drives Chromium: pip install -e '.[test]'"
-    )
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _open(browser, site: Path, problems: list):
-    page = browser.new_page(viewport={"width": 1200, "height": 1000})
-    page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("requestfailed", lambda r: problems.append(f"failed to load {r.url}"))
-    page.goto((site / "index.html").as_uri())
-    page.wait_for_selector("body[data-ready]")
-    return page
-
 
 def _box(locator) -> dict:
     return locator.evaluate(
@@ -257,9 +224,9 @@ def _box(locator) -> dict:
 
 
 @pytest.mark.slow
-def test_the_explorer_works_in_chromium(explored, browser, tmp_path):
+def test_the_explorer_works_in_chromium(explored, browser, tmp_path):  # noqa: F811
     problems: list[str] = []
-    page = _open(browser, explored.site, problems)
+    page = open_page(browser, explored.site, problems)
     cards = page.locator("article.card")
     assert cards.count() == 12
     page.select_option("#f-outcome", "failed")

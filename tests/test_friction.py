@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import typer.main
 from inproc import InProcess
-from test_bad_input import error_line
 
 from egoqa.cli.app import app
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from conftest import copy_db
+from helpers import error_line
 
 FAKE = ("--set", "backend=fake")
 

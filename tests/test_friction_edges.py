@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from inproc import InProcess
-from test_bad_input import error_line
 
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from conftest import copy_db
+from helpers import error_line
 
 SHOTS = (
     Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"

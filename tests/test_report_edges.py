@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from chromium import browser, open_page  # noqa: F401 -- `browser` is a fixture
 from inproc import InProcess
-from test_bad_input import error_line
-from test_explorer import browser  # noqa: F401 -- fixture
 
 from egoqa.dev.synth import SynthPaths, write_synth_dataset
+
+from helpers import error_line
 
 STYLE = (
     Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
@@ -167,10 +168,9 @@ def test_the_explorer_and_results_json_show_every_zoom_level_and_the_final_windo
 
 @pytest.mark.slow
 def test_oracle_labels_and_the_zoom_chain_show_in_chromium(zoomed, browser):  # noqa: F811
-    from test_explorer import _open
 
     problems: list[str] = []
-    page = _open(browser, zoomed.explorer("m", "--compare", "o"), problems)
+    page = open_page(browser, zoomed.explorer("m", "--compare", "o"), problems)
     assert "Oracle zoom in o" in page.locator("header.top").inner_text()
     cards = page.locator("article.card")
     assert cards.count() == 2

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from claiming_processes import run_claimers
 from inproc import InProcess
-from test_store_contract import MODEL, assert_each_job_claimed_once, enqueue_independent
+from store_helpers import MODEL, assert_each_job_claimed_once, enqueue_independent
 
 from egoqa.dev.synth import write_synth_dataset
 from egoqa.store.db import open_db, resolve_url

@@ -20,7 +20,7 @@ import time
 
 import pytest
 from inproc import InProcess
-from test_store_contract import (
+from store_helpers import (
     MODEL,
     add_clips,
     claim,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_store_contract import add_clips, claim, complete_all, enqueue, job, row, states
+from store_helpers import add_clips, claim, complete_all, enqueue, job, row, states
 
 from egoqa.backends.fake import SALT_ENV
 from egoqa.dev.synth import write_synth_dataset
