@@ -58,7 +58,9 @@ def one_error_line(proc) -> str:
 
 def test_a_style_edited_between_runs_is_refused_then_replanned_with_recompute(tmp_path, data):
     style = tmp_path / "mine.toml"
-    shutil.copy(Path(__file__).parent.parent / "egoqa" / "plan" / "styles" / "baseline.toml", style)
+    shutil.copy(
+        Path(__file__).resolve().parents[2] / "egoqa" / "plan" / "styles" / "baseline.toml", style
+    )
     cli = InProcess(tmp_path / "egoqa.db", tmp_path)
     args = enqueue_args(data, "baseline", *FAKE, "--set", f"style={json.dumps(str(style))}")
     cli(*args, "--run", "r")

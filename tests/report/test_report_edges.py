@@ -15,9 +15,7 @@ from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 from helpers import error_line
 
-STYLE = (
-    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
-)
+STYLE = Path(__file__).resolve().parents[2] / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
 CLIP_SEC = 60.0
 
 

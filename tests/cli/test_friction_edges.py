@@ -16,9 +16,7 @@ from egoqa.dev.synth import SynthPaths, write_synth_dataset
 from conftest import copy_db
 from helpers import error_line
 
-SHOTS = (
-    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
-)
+SHOTS = Path(__file__).resolve().parents[2] / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
 
 
 @pytest.fixture(scope="module")

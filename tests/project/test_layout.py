@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "egoqa"
+PACKAGE = Path(__file__).resolve().parents[2] / "egoqa"
 
 # Each room and the rooms it may import (besides itself, `egoqa.errors` and the package's own
 # `__init__`, which holds the version alone). Listed in the order data flows through a run.

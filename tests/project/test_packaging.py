@@ -12,7 +12,7 @@ import pytest
 
 from egoqa.store.db import head_revision
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

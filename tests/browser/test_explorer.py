@@ -30,7 +30,7 @@ from egoqa.report.explorer import ExplorerError, write_explorer
 from egoqa.report.tables import tables
 from egoqa.store.db import open_db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIP_SEC, FPS = 24.0, 10  # the synthetic clips written below
 UNPARSEABLE = "I cannot tell from these frames."
 

@@ -41,7 +41,7 @@ def _files(directory):
 
 
 def test_another_seed_gives_other_weights(tiny_model, tmp_path):
-    """(The same seed gives the same bytes in every session: tests/test_fingerprint.py pins the
+    """(The same seed gives the same bytes in every session: tests/plan/test_fingerprint.py pins the
     seed-0 build's fingerprint.)"""
     other = build_tiny_model(tmp_path / "other", seed=1)
     assert _files(other)["model.safetensors"] != _files(tiny_model)["model.safetensors"]

@@ -23,9 +23,7 @@ from conftest import Cli, copy_db
 from helpers import wait_until
 
 ORACLE = "[oracle zoom: the ground truth chose each window]"
-STYLE = (
-    Path(__file__).resolve().parent.parent / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
-)
+STYLE = Path(__file__).resolve().parents[2] / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
 
 
 @pytest.fixture(scope="module")

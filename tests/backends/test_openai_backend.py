@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inproc import InProcess
 
 from egoqa.backends.base import GREEDY, Frames, Request, sample_seed
 from egoqa.backends.openai import backoff_s, chat_body, decide
 from egoqa.dev.server import DevServer, Faults, request_from
 from egoqa.dev.synth import write_synth_dataset
 from egoqa.plan.config import GenerationConfig, OpenAIConfig
-from tests.inproc import InProcess
 
 from conftest import copy_db
 

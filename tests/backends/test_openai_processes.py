@@ -12,11 +12,12 @@ import sys
 import threading
 
 import pytest
+from inproc import InProcess
+from test_openai_backend import enqueue, jobs, openai_args, serve, small, tiny_backend
 
 from egoqa.dev.server import DevServer, Faults
-from tests.helpers import wait_until
-from tests.inproc import InProcess
-from tests.test_openai_backend import enqueue, jobs, openai_args, serve, small, tiny_backend
+
+from helpers import wait_until
 
 __all__ = ["serve", "small", "tiny_backend"]  # fixtures shared with the in-process tests
 

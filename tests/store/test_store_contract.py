@@ -44,7 +44,7 @@ from egoqa.store.models import Base
 from conftest import enqueue_args
 from pg import migrated_postgres_url, postgres_server, postgres_url  # noqa: F401 -- fixtures
 
-PACKAGE = Path(__file__).resolve().parent.parent / "egoqa"
+PACKAGE = Path(__file__).resolve().parents[2] / "egoqa"
 HOSTILE_QUERY = "'; DROP TABLE jobs; --"
 
 
