@@ -189,15 +189,32 @@ def start_server() -> PgServer:
     return server
 
 
+@dataclass
+class _Shared:
+    server: PgServer | None = None
+    users: int = 0
+
+
+# pytest keeps a fixture per place it is defined, and every module that imports
+# `postgres_server` defines it again: each would start a server of its own. They share this one.
+_SHARED = _Shared()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PgServer]:
-    """One PostgreSQL server for the whole session (skips where no binaries exist)."""
-    server = start_server()
+    """One PostgreSQL server for the whole session, whichever modules import this fixture
+    (skips where no binaries exist); the last of them to end stops it."""
+    if _SHARED.server is None:
+        _SHARED.server = start_server()
+    _SHARED.users += 1
     try:
-        yield server
+        yield _SHARED.server
     finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        _SHARED.users -= 1
+        if _SHARED.users == 0:
+            server, _SHARED.server = _SHARED.server, None
+            server.stop()
+            shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """Crash safety with real worker processes: kills, pauses, signals, and many writers at once.
 
 Workers here are the real `egoqa work` subprocesses on the fake backend, slowed per batch with
-$EGOQA_FAKE_DELAY_S so that kills and signals land mid-batch, with the short idle back-off and
-supervisor tick of `conftest.SHORT_WAITS`; the many-writer runs drive the store's claim/complete
-from spawned processes.
+$EGOQA_FAKE_DELAY_S so that kills and signals land mid-batch, with the short waits of
+`conftest.SHORT_WAITS`; the many-writer runs drive the store's claim/complete from spawned
+processes.
 """
 
 from __future__ import annotations
