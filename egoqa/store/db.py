@@ -47,10 +47,14 @@ def _migration_dirs() -> tuple[Path, Path]:
 
 
 def alembic_config(url: str, engine: Engine | None = None):
+    import sys
+
     from alembic.config import Config
 
     script_dir, versions_dir = _migration_dirs()
-    cfg = Config()
+    # The stream of now: alembic's default is the sys.stdout of when alembic was first imported,
+    # which a caller that redirects its output (egoqa run in process) may since have closed.
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(script_dir))
     cfg.set_main_option("version_locations", str(versions_dir))
     cfg.set_main_option("path_separator", "os")

@@ -165,3 +165,17 @@ def test_views_read_the_same_on_postgresql_as_on_sqlite(
     assert all(ISO_UTC.match(t["started_at"]) and ISO_UTC.match(t["finished_at"]) for t in turns)
     sqlite_rows = cli.json("sql", select)
     assert len(sqlite_rows) > 0 and sqlite_rows == pg_rows
+
+
+def test_alembic_writes_to_the_stdout_of_the_call_not_of_its_first_import(db_path):
+    """egoqa run in process (a notebook, the tests) redirects stdout between calls: alembic's
+    messages follow, instead of going to a stream that may be closed by then."""
+    import contextlib
+    import io
+
+    import alembic.config  # noqa: F401 -- imported before the redirect, as in a long-lived process
+
+    here = io.StringIO()
+    with contextlib.redirect_stdout(here):
+        alembic_config(resolve_url(db_path)).print_stdout("a message")
+    assert here.getvalue() == "a message\n"
