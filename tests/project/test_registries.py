@@ -58,6 +58,9 @@ def test_an_unknown_sampler_kind_is_an_error_wherever_it_is_read(read):
     media = {"kind": "frames", "sampler": {"kind": "sparse", "max_edge": 448}, "duration": 9.0}
     with pytest.raises(ConfigError, match="unknown sampler kind 'sparse'"):
         read(media)
+
+
+def test_a_config_with_an_unknown_sampler_kind_is_refused():
     with pytest.raises(ValueError, match="unknown sampler kind 'sparse'"):
         SamplerConfig(kind="sparse")
 
