@@ -2,10 +2,22 @@
 
 from alembic import context
 from egoqa.store.db import make_engine, resolve_url
-from egoqa.store.models import Base
 
 config = context.config
-target_metadata = Base.metadata
+
+
+def _target_metadata():
+    """The ORM's tables, for autogenerate and comparisons. egoqa's own upgrade (`enqueue`, `db
+    upgrade`) says it only migrates: importing the ORM would cost it 0.2 s, more than a fresh
+    database's migrations themselves."""
+    if config.attributes.get("migrate_only"):
+        return None
+    from egoqa.store.models import Base
+
+    return Base.metadata
+
+
+target_metadata = _target_metadata()
 
 
 def _url() -> str:

@@ -125,7 +125,9 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, url: str) -> None:
     from alembic import command
 
-    command.upgrade(alembic_config(url, engine), "head")
+    config = alembic_config(url, engine)
+    config.attributes["migrate_only"] = True  # env.py leaves the ORM's models unimported
+    command.upgrade(config, "head")
 
 
 @dataclass(frozen=True)
