@@ -15,6 +15,14 @@ from egoqa.dev.synth import SynthPaths, write_synth_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Under `pytest -n N` each test process gets its share of the cores for torch, and so do the
+# worker processes it starts (they inherit the variable): N processes each running as many
+# threads as there are cores slowed the tiny model's tests several times over on 2 cores. Set
+# before anything imports torch (conftest is imported before the test modules).
+_TEST_PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _TEST_PROCESSES > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _TEST_PROCESSES)))
+
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> SynthPaths:
@@ -196,7 +204,9 @@ def enqueue_args(synth: SynthPaths, config: str = "demo", *extra: str) -> list[s
 def pytest_collection_modifyitems(items) -> None:
     """Every test that uses the tiny model (directly or through another fixture) is marked
     `model`, so `-m model` / `-m "not model"` select exactly the tests on the real transformers
-    path."""
+    path. The `slow` tests run first: under `-n 2` the test processes take tests as they finish
+    the last, and a long test taken last leaves the other process idle until it ends."""
     for item in items:
         if "tiny_model" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.model)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

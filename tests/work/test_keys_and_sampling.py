@@ -5,7 +5,6 @@ and sampled jobs whose answers depend on their key alone — on the real tiny Qw
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
 from pathlib import Path
@@ -289,26 +288,20 @@ def test_workers_killed_mid_run_give_the_same_sampled_answers_as_an_uninterrupte
     chaos(*enqueue_args(data, "demo", *model))
     victims = Cli(tmp_path / "chaos.db", tmp_path)  # only the workers killed are processes
     db = open_db(tmp_path / "chaos.db")
-    rng = random.Random(5)
-    held_at_kill = []
-    for _ in range(2):
-        before = _done(db)
-        # a lease long enough that no live worker loses one on a busy machine (a lost lease costs
-        # an attempt); the dead workers' jobs are released at once, whatever their lease
-        procs = [
-            victims.popen("work", "--lease", "60", "--batch-size", str(rng.choice([1, 2, 4])))
-            for _ in range(2)
-        ]
-        # until the workers have finished some jobs and hold the next batch
-        wait_until(lambda b=before: _done(db) >= b + 2 and _running(db), 180, "jobs done and held")
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-        held_at_kill.append(_running(db))  # jobs the dead held, left for the reaper
+    # a lease long enough that no live worker loses one on a busy machine (a lost lease costs an
+    # attempt); the dead workers' jobs are released at once, whatever their lease. Two workers of
+    # different batch sizes, killed together while they hold a batch
+    procs = [victims.popen("work", "--lease", "60", "--batch-size", str(n)) for n in (1, 4)]
+    # until the workers have finished some jobs and hold the next batch
+    wait_until(lambda: _done(db) >= 2 and _running(db), 180, "jobs done and held")
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    held_at_kill = _running(db)  # jobs the dead held, left for the reaper
     chaos("work", "--until-done")  # reaps what the dead held
     # every answer as the calm run drew it (an empty generation of the random weights included:
     # it fails the same job in both runs)
-    assert all(held_at_kill), held_at_kill  # each kill landed mid-batch
+    assert held_at_kill > 0  # the kill landed mid-batch
     assert _done(db) == _done(open_db(tmp_path / "calm.db")) >= len(reference) // 2
     assert _worker_answers(tmp_path / "chaos.db") == reference
 
