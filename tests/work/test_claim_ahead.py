@@ -13,7 +13,6 @@ import json
 import signal
 import sqlite3
 import threading
-import time
 from contextlib import closing
 
 import pytest
@@ -41,8 +40,8 @@ def test_a_worker_holds_the_next_batch_while_one_generates_and_a_signal_releases
 ):
     InProcess(migrated_db_path, tmp_path)(*enqueue_args(synth, "baseline", "--set", "backend=fake"))
     proc = Cli(migrated_db_path, tmp_path).popen(  # a worker of its own, to signal
-        "work", "--batch-size", "2", "--lease", "600", env={"EGOQA_FAKE_DELAY_S": "60"}
-    )
+        "work", "--batch-size", "2", "--lease", "7200", env={"EGOQA_FAKE_DELAY_S": "3600"}
+    )  # a batch of an hour, a longer lease: a release seen at all came at the signal
     try:
         held = wait_until(
             lambda: (rows := running(tmp_path / "egoqa.db")) and len(rows) == 4 and rows,
@@ -51,10 +50,8 @@ def test_a_worker_holds_the_next_batch_while_one_generates_and_a_signal_releases
         )
         assert len({owner for _, owner, _ in held}) == 1  # one worker
         assert len({token for *_, token in held}) == 2  # two claims: running, and ahead
-        signalled = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        wait_until(lambda: not running(tmp_path / "egoqa.db"), 5, "both batches to be released")
-        released_in = time.monotonic() - signalled
+        wait_until(lambda: not running(tmp_path / "egoqa.db"), 60, "both batches to be released")
         assert proc.wait(timeout=30) == 128 + signal.SIGINT
     finally:
         if proc.poll() is None:
@@ -67,8 +64,6 @@ def test_a_worker_holds_the_next_batch_while_one_generates_and_a_signal_releases
             f"SELECT state, lease_token, attempts FROM jobs WHERE id IN ({marks})", ids
         ).fetchall()
     assert set(rows) == {("ready", None, 0)}  # given back, the attempt not counted
-    # released at the signal, not when the batch (60 s of fake generation) ends
-    assert released_in < 0.05 * 60, f"release took {released_in:.1f}s of a 60 s generation"
 
 
 class _StopsMidClaimAhead(FakeBackend):

@@ -289,8 +289,10 @@ def test_signal_releases_held_jobs_at_once_and_a_different_pool_finishes(
     db_path = migrated_db_path
     planned = plan(db_path, synth, "style=baseline")
     n_jobs = planned["jobs_total"]
-    workers = Workers(db_path, tmp_path / "logs", delay_s=60)
-    proc = workers.start(*work_args(before, "--lease", "600"))
+    # a batch generates for an hour and the lease is longer: a release seen at all came at the
+    # signal, neither when the batch nor when the lease would have ended (no clock is read)
+    workers = Workers(db_path, tmp_path / "logs", delay_s=3600)
+    proc = workers.start(*work_args(before, "--lease", "7200"))
     pids: list[int] = []
     try:
         # each worker holds the batch it generates (2 jobs) and, once claimed, the next one
@@ -302,13 +304,11 @@ def test_signal_releases_held_jobs_at_once_and_a_different_pool_finishes(
         holding = holders(db_path)
         pids += holding
         held = [i for ids in holding.values() for i in ids]
-        signalled = time.monotonic()
         proc.send_signal(signum)
         try:
-            wait_until(lambda: not holders(db_path), 5, "the held jobs to be released")
+            wait_until(lambda: not holders(db_path), 60, "the held jobs to be released")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{workers.tail()}") from None
-        released_in = time.monotonic() - signalled
         assert proc.wait(timeout=30) == 128 + signum, workers.tail()  # stopped, not finished
     finally:
         kill_leftovers(proc, pids)
@@ -320,8 +320,6 @@ def test_signal_releases_held_jobs_at_once_and_a_different_pool_finishes(
         tuple(held),
     )
     assert set(rows) == {("ready", None, None, None, 0)}
-    # released at the signal, not when the batch (60 s of fake generation) or the lease ends
-    assert released_in < 0.05 * 60, f"release took {released_in:.1f}s of a 60 s generation"
 
     finisher = workers.start(*work_args(after, "--until-done"), delay_s=0)
     assert finisher.wait(timeout=120) == 0, workers.tail()
