@@ -276,10 +276,16 @@ def build_model(tokenizer, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    # A trained model does not end an answer before its first token; random weights sometimes
+    # would (an empty generation, failing the job and its dependents), and which jobs did changed
+    # with the bytes each transformers release writes. `min_new_tokens` keeps the end token out
+    # of the first step (transformers' own logits processor), so every job of the tiny model
+    # answers, in every session and with every release.
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=config.text_config.eos_token_id,
         pad_token_id=config.text_config.pad_token_id,
         do_sample=False,
+        min_new_tokens=1,
     )
     return model

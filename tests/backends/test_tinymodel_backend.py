@@ -199,9 +199,34 @@ def test_a_tiny_token_budget_finishes_with_length(tiny_backend):  # noqa: F811
 def test_an_end_token_at_once_is_an_empty_generation(tiny_backend, monkeypatch):  # noqa: F811
     vocab = list(range(tiny_backend.model.config.text_config.vocab_size))
     monkeypatch.setattr(tiny_backend.model.generation_config, "eos_token_id", vocab)
+    # the tiny model's own config keeps the end token out of the first step: lift that here
+    monkeypatch.setattr(tiny_backend.model.generation_config, "min_new_tokens", None)
     (result,) = tiny_backend.generate([Request(1, "Where is it?", generation=GREEDY)])
     assert result.texts == [""] and result.finish_reasons == ["empty"]
     assert result.completion_tokens == [1]
+
+
+def test_the_tiny_model_never_ends_an_answer_before_its_first_token(tiny_backend, monkeypatch):  # noqa: F811
+    """Its random weights made the end token the first of some answers (an empty generation that
+    failed the job, depending on the bytes a transformers release wrote); its generation config
+    now keeps the end token out of the first step. Here the end token is made the top logit at
+    every step: the answer is one token, then the end."""
+    model = tiny_backend.model
+    eos = model.generation_config.eos_token_id
+
+    def end_on_top(_module, _inputs, logits):
+        logits[..., eos] = logits.max() + 100.0
+        return logits
+
+    hook = model.lm_head.register_forward_hook(end_on_top)
+    try:
+        (answer,) = tiny_backend.generate([Request(1, "Where is it?", generation=GREEDY)])
+        monkeypatch.setattr(model.generation_config, "min_new_tokens", None)
+        (ended,) = tiny_backend.generate([Request(1, "Where is it?", generation=GREEDY)])
+    finally:
+        hook.remove()
+    assert answer.completion_tokens == [2] and answer.finish_reasons != ["length"]
+    assert ended.completion_tokens == [1] and ended.finish_reasons == ["empty"]
 
 
 def test_finish_reasons():

@@ -24,7 +24,7 @@ from egoqa.answers.scoring import score_items
 from egoqa.store import queue
 from egoqa.store.db import open_db
 
-from conftest import RANDOM_WEIGHT_FAILURES, Cli, copy_db, enqueue_args
+from conftest import Cli, copy_db, enqueue_args
 
 CLIP_SEC = 24.0  # the synthetic clips' length (conftest's `synth`)
 
@@ -312,12 +312,9 @@ def test_a_report_on_a_completed_demo_run_writes_all_files(
     for instance in doc["instances"]:
         names = [t["turn"] for t in instance["turns"]]
         assert names == ["scenario", "transitions", "segments", "answer"]
-        for t in instance["turns"]:
-            assert t["state"] == "done" or t["error_kind"] in RANDOM_WEIGHT_FAILURES, t
-            assert t["prompt"] or t["error_kind"] in RANDOM_WEIGHT_FAILURES, t
-        if instance["turns"][2]["state"] == "done":
-            assert len(instance["turns"][2]["responses"]) == 5  # the graded turn's samples
-    assert any(all(t["state"] == "done" for t in i["turns"]) for i in doc["instances"])
+        for t in instance["turns"]:  # the tiny model answers every job (`min_new_tokens`)
+            assert t["state"] == "done" and t["prompt"] and t["response"], t
+        assert len(instance["turns"][2]["responses"]) == 5  # the graded turn's samples
     prov = doc["provenance"]
     assert prov["config"]["model"] == str(tiny_model) and prov["devices"] == ["cpu"]
     assert prov["packages"]["torch"] and "egoqa_version" in prov and "git_hash" in prov
