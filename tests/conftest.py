@@ -39,8 +39,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
 
 
-
-
 def copy_db(src: Path, dst: Path) -> None:
     """A consistent copy of a SQLite database, WAL included (the backup API)."""
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
