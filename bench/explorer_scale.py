@@ -16,7 +16,7 @@ page and the opening of a card's turns (which loads its clip's data file) are ti
 
 Reproduce: `.venv/bin/python bench/explorer_scale.py` (2-4 minutes on 2 cores, plus about 30 s
 to render the 480 s clip once into `bench/.cache/`); `--quick` for a smoke run (110 queries,
-one page load, one 60 s clip of 4 queries for thumbnails).
+one page load, one 20 s clip of 4 queries for thumbnails).
 """
 
 from __future__ import annotations
@@ -261,14 +261,14 @@ def main(argv: list[str]) -> None:
         written = time.perf_counter() - t0
         sizes = site_sizes(directory / "site")
         browsed = browse(directory / "site", loads)
-        thumbs = thumbnail_cost(directory, *((1, 4, 60.0, 1) if args.quick else (5, 11, 480.0, 2)))
+        thumbs = thumbnail_cost(directory, *((1, 4, 20.0, 1) if args.quick else (5, 11, 480.0, 2)))
     print(f"\n{len(data.queries)} queries; jobs {counts}; planted and scored in {built:.1f} s\n")
     print(table("Explorer size and load time", ["measure", "value"], [
         ("write the explorer (no thumbnails), s", written), *sizes.items(),
         *(browsed.items() if isinstance(browsed, dict) else [("browser", browsed)]),
     ]))  # fmt: skip
     print()
-    title = f"Thumbnails (8 per turn, {'60' if args.quick else '480'} s clips)"
+    title = f"Thumbnails (8 per turn, {'20' if args.quick else '480'} s clips)"
     print(table(title, ["measure", "value"], list(thumbs.items())))
 
 
