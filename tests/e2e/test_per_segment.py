@@ -19,6 +19,7 @@ from egoqa.store import queue
 from egoqa.store.db import open_db
 
 from conftest import enqueue_args
+from helpers import rows_as_dicts
 
 STYLE = """
 name = "find_then_answer"
@@ -120,12 +121,11 @@ def _plant_find_answers(db) -> int:
 
 def _answers(db) -> list[dict]:
     with db.read() as cur:
-        raw = cur.execute(
+        return rows_as_dicts(
+            cur,
             "SELECT id, state, prompt, response, responses, visual_tokens, batch_size "
-            "FROM jobs WHERE turn_name = 'answer' ORDER BY id"
+            "FROM jobs WHERE turn_name = 'answer' ORDER BY id",
         )
-        cols = [d[0] for d in raw.description]
-        return [dict(zip(cols, r, strict=True)) for r in raw.fetchall()]
 
 
 def _check_calls(answer: dict) -> None:

@@ -20,7 +20,7 @@ from egoqa.plan.zoom import decide
 from egoqa.store.db import open_db
 
 from conftest import Cli, copy_db
-from helpers import wait_until
+from helpers import rows_as_dicts, wait_until
 
 ORACLE = "[oracle zoom: the ground truth chose each window]"
 STYLE = Path(__file__).resolve().parents[2] / "egoqa" / "plan" / "styles" / "coarse_cot_shots.toml"
@@ -55,11 +55,10 @@ def enqueue(cli: InProcess, data, *extra: str, style: Path = STYLE, run: str = "
 
 def jobs(db_path: Path) -> list[dict]:
     with open_db(db_path).read() as cur:
-        raw = cur.execute(
-            "SELECT id, key, turn_name, state, spec, note, stop_reason, prompt FROM jobs ORDER BY id"
+        out = rows_as_dicts(
+            cur,
+            "SELECT id, key, turn_name, state, spec, note, stop_reason, prompt FROM jobs ORDER BY id",
         )
-        cols = [d[0] for d in raw.description]
-        out = [dict(zip(cols, r, strict=True)) for r in raw.fetchall()]
     for j in out:
         j["spec"], j["note"] = json.loads(j["spec"]), json.loads(j["note"] or "null")
     return out

@@ -17,7 +17,7 @@ from egoqa.store.db import open_db
 
 from conftest import Cli, enqueue_args
 from fixtures_model import clip_24s, clip_frames  # noqa: F401
-from helpers import wait_until
+from helpers import rows_as_dicts, running_jobs, wait_until
 
 FAKE = ("--set", "backend=fake")
 
@@ -37,12 +37,12 @@ def shared_data(tmp_path_factory):
 
 def results(db_path: Path) -> dict[tuple, dict]:
     with open_db(db_path).read() as cur:
-        raw = cur.execute(
+        rows = rows_as_dicts(
+            cur,
             "SELECT r.clip_uid, r.annotation_uid, r.query_idx, r.state, r.response, "
-            "r.graded_job_id, j.prompt FROM results r JOIN jobs j ON j.id = r.graded_job_id"
+            "r.graded_job_id, j.prompt FROM results r JOIN jobs j ON j.id = r.graded_job_id",
         )
-        cols = [d[0] for d in raw.description]
-        return {(r[0], r[1], r[2]): dict(zip(cols, r, strict=True)) for r in raw.fetchall()}
+    return {(r["clip_uid"], r["annotation_uid"], r["query_idx"]): r for r in rows}
 
 
 def one_error_line(proc) -> str:
@@ -293,28 +293,21 @@ def test_workers_killed_mid_run_give_the_same_sampled_answers_as_an_uninterrupte
     # different batch sizes, killed together while they hold a batch
     procs = [victims.popen("work", "--lease", "60", "--batch-size", str(n)) for n in (1, 4)]
     # until the workers have finished some jobs and hold the next batch
-    wait_until(lambda: _done(db) >= 2 and _running(db), 180, "jobs done and held")
+    wait_until(lambda: _count(db, "done") >= 2 and running_jobs(db), 180, "jobs done and held")
     for p in procs:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    held_at_kill = _running(db)  # jobs the dead held, left for the reaper
+    held_at_kill = running_jobs(db)  # jobs the dead held, left for the reaper
     chaos("work", "--until-done")  # reaps what the dead held
     # every answer as the calm run drew it, every job done in both runs
     assert held_at_kill > 0  # the kill landed mid-batch
-    assert _done(db) == _done(open_db(tmp_path / "calm.db")) == _jobs(db)
+    assert _count(db, "done") == _count(open_db(tmp_path / "calm.db"), "done") == _count(db)
     assert _worker_answers(tmp_path / "chaos.db") == reference
 
 
-def _running(db) -> int:
+def _count(db, state: str | None = None) -> int:
+    """The jobs in `state`, or all of them."""
     with db.read() as cur:
-        return cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
-
-
-def _jobs(db) -> int:
-    with db.read() as cur:
-        return cur.one("SELECT COUNT(*) FROM jobs")
-
-
-def _done(db) -> int:
-    with db.read() as cur:
-        return cur.one("SELECT COUNT(*) FROM jobs WHERE state = 'done'")
+        if state is None:
+            return cur.one("SELECT COUNT(*) FROM jobs")
+        return cur.one("SELECT COUNT(*) FROM jobs WHERE state = :s", {"s": state})

@@ -15,7 +15,7 @@ from egoqa.store.db import open_db
 from egoqa.work.worker import Worker, WorkerOptions, load_backend_for, resolve_engine
 
 from conftest import enqueue_args
-from helpers import running_jobs, wait_until
+from helpers import rows_as_dicts, running_jobs, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -64,12 +64,11 @@ def all_done(rows: list[dict]) -> bool:
 def jobs(db_path) -> list[dict]:
     db = open_db(db_path)
     with db.read() as cur:
-        raw = cur.execute(
+        return rows_as_dicts(
+            cur,
             "SELECT id, key, state, turn_name, spec, prompt, response, responses, error_kind, "
-            "visual_tokens, batch_size, latency_s FROM jobs ORDER BY id"
+            "visual_tokens, batch_size, latency_s FROM jobs ORDER BY id",
         )
-        cols = [d[0] for d in raw.description]
-        return [dict(zip(cols, r, strict=True)) for r in raw.fetchall()]
 
 
 def results_per_job(db_path) -> dict[int, int]:
